@@ -1,0 +1,42 @@
+"""Stage 4: score the test split and every OOD set, and write the per-layer and summary tables.
+
+    python detect_oods.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --model vgg16 --ind cifar10
+"""
+import argparse
+import sys
+
+from utils.cli import add_data_args, add_detector_args, add_model_args, layout, locate_run
+from utils.generate import generated_sets
+from utils.paths import Layout
+from utils.pipeline import detect
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser("LA-OOD: detect OOD images", add_help=True)
+    add_data_args(parser)
+    add_model_args(parser)
+    add_detector_args(parser)
+    parser.add_argument("--ood", nargs="+", default=None,
+                        help="OOD sets to evaluate (default: every set with saved features)")
+    return parser
+
+
+def main(args):
+    run, _, _ = locate_run(args)
+    names = args.ood or [n for n in generated_sets(layout(args), args.ind, run.name)
+                         if (Layout.features(run, n) / "manifest.json").exists()]
+    summary = detect(run, Layout.detectors(run, args.detector, args.seed), names, seed=args.seed, n_jobs=args.jobs)
+    print_summary(summary)
+    return summary
+
+
+def print_summary(summary):
+    from utils.io import format_table
+    print(format_table(summary))
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,13 @@
+"""Backbones with per-layer feature taps.
+
+>>> from models import create_model
+>>> model = create_model("vgg16", num_classes=10)
+>>> out = model.forward_intermediates(images)   # out.logits, out.features (13 tensors of (N, C))
+"""
+from . import densenet, resnet, vgg  # noqa: F401  (registers the models)
+from .checkpoint import load_model, read_checkpoint, save_model
+from .registry import create_model, list_models, register_model
+from .taps import Intermediates, TappedModel
+
+__all__ = ["create_model", "list_models", "register_model", "load_model", "read_checkpoint", "save_model",
+           "Intermediates", "TappedModel"]

@@ -1,0 +1,89 @@
+"""Checkpoints that carry what is needed to rebuild their model (``arch``, ``num_classes``, ``state_dict``).
+
+Also reads the original LA-OOD code's plain ``state_dict`` files and ``{'state_dict': ...}`` files saved
+from ``DataParallel`` (keys prefixed ``module.``), given the architecture name.
+"""
+import os
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .registry import create_model, list_models
+
+
+def _head_classes(state_dict: dict) -> Optional[int]:
+    """Class count read off the last 2-D weight (the classifier head) of a state dict."""
+    weights = [v for k, v in state_dict.items() if k.endswith("weight") and getattr(v, "dim", lambda: 0)() == 2]
+    return int(weights[-1].shape[0]) if weights else None
+
+
+def read_checkpoint(path) -> Tuple[Optional[str], Optional[int], dict, dict]:
+    """Returns ``(arch, num_classes, state_dict, extra)`` with any ``module.`` prefix stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; train one with train_backbone_model.py "
+                                f"or pass the path of an existing file with --checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise ValueError(f"checkpoint {path} could not be read as a PyTorch file: {e}") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
+    arch, num_classes, extra = obj.get("arch"), obj.get("num_classes"), {}
+    if isinstance(obj.get("state_dict"), dict):
+        extra = {k: v for k, v in obj.items() if k not in ("arch", "num_classes", "state_dict")}
+        state_dict = obj["state_dict"]
+    else:
+        state_dict = obj
+    state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    if num_classes is None:
+        num_classes = _head_classes(state_dict)
+    return arch, num_classes, state_dict, extra
+
+
+def load_model(path, arch: Optional[str] = None, num_classes: Optional[int] = None) -> nn.Module:
+    """Rebuild a model from a checkpoint and load its weights with ``strict=True``, in float32.
+
+    ``arch`` is needed only for plain state dicts; when a checkpoint names its architecture, a
+    different ``arch`` is an error rather than a silent switch.
+    """
+    saved_arch, saved_classes, state_dict, _ = read_checkpoint(path)
+    if saved_arch and arch and saved_arch != arch:
+        raise ValueError(f"checkpoint {path} holds a {saved_arch}, but --model {arch} was asked for")
+    arch = saved_arch or arch
+    if arch is None:
+        raise ValueError(f"checkpoint {path} does not name its architecture (a plain state dict); "
+                         f"pass --model (one of {', '.join(list_models())})")
+    if num_classes is not None and saved_classes is not None and num_classes != saved_classes:
+        raise ValueError(f"checkpoint {path} has {saved_classes} classes, but {num_classes} were expected "
+                         f"(is it trained on another in-distribution set?)")
+    model = create_model(arch, saved_classes or num_classes or 10)
+    own = model.state_dict()
+    # Files saved before PyTorch 0.4.1 (e.g. the akamaster ResNets) lack BatchNorm's step counter,
+    # which only matters for momentum=None; PyTorch itself fills it in for such files.
+    for k in own:
+        if k.endswith("num_batches_tracked") and k not in state_dict:
+            state_dict[k] = torch.zeros_like(own[k])
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or mismatched:
+        detail = "; ".join(f"{name}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+                           for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("shape mismatch", mismatched)) if keys)
+        raise ValueError(f"checkpoint {path} does not fit model {arch} ({model.num_classes} classes): {detail}")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()},
+                          strict=True)
+    return model.eval()
+
+
+def save_model(model: nn.Module, path, **extra) -> None:
+    """Write ``{'arch', 'num_classes', 'state_dict', **extra}`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"arch": model.arch, "num_classes": model.num_classes, "state_dict": state, **extra}, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,41 @@
+"""Stage 2: per-layer features of the in-distribution splits and every generated OOD set.
+
+    python save_inter_outputs.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --model vgg16 --ind cifar10
+"""
+import argparse
+import sys
+import time
+
+from utils.cli import add_data_args, add_model_args, data_config, layout, positive_int, resolve_device
+from utils.features import open_backbone, save_features
+from utils.generate import generated_sets
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser("LA-OOD: save per-layer features", add_help=True)
+    add_data_args(parser)
+    add_model_args(parser)
+    parser.add_argument("--sets", nargs="+", default=None,
+                        help="sets to process (default: train, test and every generated OOD set)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    parser.add_argument("--force", action="store_true", help="recompute sets that are already complete")
+    return parser
+
+
+def main(args):
+    device = resolve_device(args.device)
+    cfg, lay = data_config(args), layout(args)
+    model, sha = open_backbone(args.checkpoint, args.ind, args.model, device)
+    names = args.sets or ["train", "test"] + generated_sets(lay, args.ind, cfg.tag)
+    start = time.time()
+    run = save_features(model, sha, lay, args.ind, cfg.tag, names, device, args.batch_size, args.force)
+    print(f"features of {len(names)} sets from {model.arch} ({sha[:8]}) on {device} in {time.time() - start:.0f}s "
+          f"-> {run / 'features'}")
+    return run
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,30 @@
+"""Stage 3: fit one one-class detector per tapped layer on in-distribution train features only.
+
+    python train_ood_detectors.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --model vgg16 --ind cifar10
+"""
+import argparse
+import sys
+
+from utils.cli import add_data_args, add_detector_args, add_model_args, la_ood, locate_run
+from utils.pipeline import train_detectors
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser("LA-OOD: train per-layer OOD detectors", add_help=True)
+    add_data_args(parser)
+    add_model_args(parser)
+    add_detector_args(parser)
+    parser.add_argument("--force", action="store_true", help="refit even if matching detectors exist")
+    return parser
+
+
+def main(args):
+    run, arch, _ = locate_run(args)
+    return train_detectors(run, la_ood(args, arch), force=args.force)
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,102 @@
+"""Flags shared by every stage script, so the same thing has the same name everywhere."""
+import argparse
+from pathlib import Path
+
+import torch
+
+from models import list_models, read_checkpoint
+
+from .data import IND_SETS
+from .detectors import GAMMA_GRIDS, GAMMAS, LAOOD, NU
+from .generate import MAX_OOD, DataConfig
+from .io import sha256_file
+from .paths import Layout
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--ind", default="cifar10", choices=IND_SETS, help="in-distribution set")
+    g.add_argument("--source-root", type=Path, action="append", default=None,
+                   help="directory holding raw datasets (torchvision layouts, image folders or zip archives); "
+                        "repeatable, searched in order (default: data/raw)")
+    g.add_argument("--data-root", type=Path, default=Layout.data_root,
+                   help="where generated image arrays are written")
+    g.add_argument("--max-train", type=positive_int, default=None,
+                   help="use a seeded, class-stratified subset of this many training images (default: all)")
+    g.add_argument("--max-test", type=positive_int, default=None,
+                   help="use a seeded, class-stratified subset of this many test images (default: all)")
+    g.add_argument("--max-ood", type=positive_int, default=MAX_OOD, help="cap on images per OOD set (seeded subset)")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random choice (subsets, splits, colours)")
+
+
+def add_model_args(parser: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", choices=list_models(), default=None,
+                   help="architecture; needed only for plain state-dict checkpoints, checked otherwise")
+    g.add_argument("--checkpoint", type=Path, required=checkpoint_required, help="backbone checkpoint file")
+    g.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
+    g.add_argument("--runs-root", type=Path, default=Layout.runs_root, help="root of features, detectors, results")
+
+
+def data_config(args, oods=None, extra=None) -> DataConfig:
+    return DataConfig(ind=args.ind, oods=oods, extra=extra, roots=args.source_root or [Path("data/raw")],
+                      max_train=args.max_train, max_test=args.max_test, max_ood=args.max_ood, seed=args.seed,
+                      download=getattr(args, "download", False))
+
+
+def layout(args) -> Layout:
+    return Layout(data_root=args.data_root, runs_root=getattr(args, "runs_root", Layout.runs_root))
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a device name (try auto, cpu, cuda, mps)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
+    return device
+
+
+def add_detector_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("detectors")
+    g.add_argument("--detector", default="ocsvm", choices=("ocsvm", "iforest"), help="per-layer detector")
+    g.add_argument("--gammas", type=float, nargs="+", default=None,
+                   help="One-Class SVM gamma grid (default: the original's; wider for densenet100)")
+    g.add_argument("--nu", type=float, default=NU, help="One-Class SVM nu")
+    g.add_argument("--select-size", type=positive_int, default=None,
+                   help="choose gamma on a seeded subsample of this many train features (the final "
+                        "detector is still fitted on all); default: all, as the original")
+    g.add_argument("--no-prune", action="store_true",
+                   help="try every gamma of the grid instead of stopping once larger ones cannot win")
+    g.add_argument("--jobs", type=int, default=-1, help="layers fitted / scored in parallel (-1: all cores)")
+
+
+def la_ood(args, arch: str) -> LAOOD:
+    gammas = tuple(args.gammas) if args.gammas else GAMMA_GRIDS.get(arch, GAMMAS)
+    return LAOOD(detector=args.detector, gammas=gammas, nu=args.nu, seed=args.seed, select_size=args.select_size,
+                 prune=not args.no_prune, n_jobs=args.jobs)
+
+
+def locate_run(args):
+    """``(run directory, architecture, checkpoint sha256)`` of the checkpoint and data flags."""
+    arch = read_checkpoint(args.checkpoint)[0] or args.model
+    if arch is None:
+        raise ValueError(f"checkpoint {args.checkpoint} does not name its architecture; pass --model")
+    if args.model and arch != args.model:
+        raise ValueError(f"checkpoint {args.checkpoint} holds a {arch}, but --model {args.model} was asked for")
+    sha = sha256_file(args.checkpoint)
+    return layout(args).run(args.ind, arch, sha, data_config(args).tag), arch, sha

@@ -1,0 +1,289 @@
+"""Image sources for the in-distribution and OOD sets, read as 32x32 RGB ``uint8`` arrays.
+
+A source is found by looking, under each source root in turn, for the files torchvision's own dataset
+classes read (``cifar-10-batches-py``, ``cifar-100-python``, ``test_32x32.mat``, ``dtd/images``, ...)
+and for directories or zip archives in ImageFolder layout (the offline archives work as they are).
+Listing a source reads no pixels; only the images a subset keeps are decoded.
+"""
+import io
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
+IND_SETS = ("cifar10", "cifar100")
+OOD_SETS = ("lsun", "tiny", "svhn", "dtd", "pure_color", "cifar10", "cifar100")
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+SIZE = 32
+
+
+@dataclass
+class ImageSource:
+    """A set of images that can be decoded by index: ``load(indices) -> (n, 32, 32, 3) uint8``."""
+    description: str
+    count: int
+    load: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    labels: Optional[np.ndarray] = None
+    classes: Optional[List[str]] = None
+
+
+# ----------------------------------------------------------------------------- decoding
+
+def to_32x32(img: Image.Image) -> np.ndarray:
+    """RGB, resized straight to 32x32 with LANCZOS (as the original code resizes OOD images)."""
+    img = img.convert("RGB")
+    if img.size != (SIZE, SIZE):
+        img = img.resize((SIZE, SIZE), Image.LANCZOS)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return to_32x32(img)
+    except Exception as e:
+        raise ValueError(f"cannot read image {where}: {e}. Replace or remove the file and run again.") from e
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTS) and not Path(name).name.startswith(".")
+
+
+def _folder_layout(rel_paths: Sequence[str]):
+    """ImageFolder semantics: files one directory below the root are labelled by that directory."""
+    parts = [p.split("/") for p in rel_paths]
+    if all(len(p) >= 2 for p in parts):
+        classes = sorted({p[0] for p in parts})
+        index = {c: i for i, c in enumerate(classes)}
+        return np.array([index[p[0]] for p in parts], dtype=np.int64), classes
+    return None, None
+
+
+def folder_source(root: Path, prefix: str = "") -> ImageSource:
+    """Images under ``root/prefix``, where ``root`` is a directory or a zip archive."""
+    root = Path(root)
+    prefix = prefix.strip("/")
+    if zipfile.is_zipfile(root) if root.is_file() else False:
+        zf = zipfile.ZipFile(root)
+        head = f"{prefix}/" if prefix else ""
+        members = sorted(n for n in zf.namelist() if n.startswith(head) and _is_image(n))
+        rel = [m[len(head):] for m in members]
+        where = f"{root}:{prefix or '/'}"
+
+        def load(idx):
+            with zipfile.ZipFile(root) as z:
+                return np.stack([_decode(z.read(members[i]), f"{members[i]} in {root}") for i in idx])
+    elif root.is_file():
+        raise ValueError(f"{root} is neither a directory nor a valid zip archive")
+    else:
+        base = root / prefix if prefix else root
+        if not base.is_dir():
+            raise FileNotFoundError(f"image folder {base} does not exist")
+        files = sorted(p for p in base.rglob("*") if p.is_file() and _is_image(p.name))
+        rel = [p.relative_to(base).as_posix() for p in files]
+        where = str(base)
+
+        def load(idx):
+            return np.stack([_decode(files[i].read_bytes(), str(files[i])) for i in idx])
+    if not rel:
+        raise ValueError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTS)})")
+    labels, classes = _folder_layout(rel)
+    return ImageSource(where, len(rel), load, labels, classes)
+
+
+def array_source(description: str, images: np.ndarray, labels: Optional[np.ndarray] = None,
+                 classes: Optional[List[str]] = None) -> ImageSource:
+    return ImageSource(description, len(images), lambda idx: images[idx], labels, classes)
+
+
+def cifar_pickle_source(directory: Path, split: str) -> ImageSource:
+    """torchvision's ``cifar-10-batches-py`` / ``cifar-100-python`` pickles."""
+    directory = Path(directory)
+    cifar100 = directory.name == "cifar-100-python"
+    if cifar100:
+        files, key, meta, names = [split], "fine_labels", "meta", "fine_label_names"
+    else:
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        key, meta, names = "labels", "batches.meta", "label_names"
+    data, labels = [], []
+    for name in files:
+        try:
+            with open(directory / name, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+        except Exception as e:
+            raise ValueError(f"cannot read CIFAR batch {directory / name}: {e}") from e
+        data.append(entry["data"])
+        labels += entry[key]
+    images = np.concatenate(data).reshape(-1, 3, SIZE, SIZE).transpose(0, 2, 3, 1)
+    classes = None
+    if (directory / meta).exists():
+        with open(directory / meta, "rb") as f:
+            classes = pickle.load(f, encoding="latin1")[names]
+    return array_source(f"{directory} ({split})", np.ascontiguousarray(images), np.array(labels), classes)
+
+
+def svhn_source(path: Path) -> ImageSource:
+    from scipy.io import loadmat
+    try:
+        mat = loadmat(path)
+    except Exception as e:
+        raise ValueError(f"cannot read SVHN file {path}: {e}") from e
+    images = np.ascontiguousarray(mat["X"].transpose(3, 0, 1, 2))
+    return array_source(str(path), images, mat["y"].ravel().astype(np.int64) % 10)
+
+
+def pure_color_source(n: int = 10000, seed: int = 0) -> ImageSource:
+    """``n`` images, each filled with one uniformly random RGB colour (seeded)."""
+    colors = np.random.default_rng(seed).integers(0, 256, size=(n, 1, 1, 3), dtype=np.uint8)
+    return array_source(f"generated (seed {seed})", np.broadcast_to(colors, (n, SIZE, SIZE, 3)))
+
+
+# ----------------------------------------------------------------------------- discovery
+
+# For each set: (folder or archive prefixes, archive name patterns, how to get it).
+_FOLDERS = {
+    "cifar10": (["cifar10/{split}", "CIFAR10/{split}"], ["cifar10*.zip", "cifar-10*.zip"],
+                "torchvision.datasets.CIFAR10(root, download=True) or --download"),
+    "cifar100": (["cifar100/{split}", "CIFAR100/{split}"], ["cifar100*.zip", "cifar-100*.zip"],
+                 "torchvision.datasets.CIFAR100(root, download=True) or --download"),
+    "tiny": (["tiny-imagenet-200/test/images", "tiny-imagenet-200/test", "tiny/test"], ["tiny*.zip"],
+             "the Tiny ImageNet zip from http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzipped or as it is"),
+    "dtd": (["dtd/dtd/images", "dtd/images"], ["dtd*.zip"],
+            "torchvision.datasets.DTD(root, download=True) or --download"),
+    "lsun": (["LSUN/test", "LSUN", "lsun/test", "lsun"], ["LSUN*.zip", "lsun*.zip"],
+             "the LSUN test set of ODIN (Liang et al. 2018), https://github.com/facebookresearch/odin, "
+             "extracted to LSUN/"),
+    "svhn": ([], [], "torchvision.datasets.SVHN(root, split='test', download=True) or --download"),
+}
+
+
+def _zip_has_prefix(path: Path, prefix: str) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.startswith(prefix + "/") and _is_image(n) for n in z.namelist())
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"archive {path} is not a valid zip file ({e}); download it again") from e
+
+
+def find_source(name: str, split: str, roots: Sequence[Path]) -> Tuple[Optional[ImageSource], str]:
+    """The first source of ``name``/``split`` under ``roots``, and a line saying what was looked for."""
+    if name not in _FOLDERS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(_FOLDERS))} and pure_color")
+    prefixes, patterns, how = _FOLDERS[name]
+    prefixes = [p.format(split=split) for p in prefixes]
+    torchvision_dirs = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+    for root in map(Path, roots):
+        if name in torchvision_dirs and (root / torchvision_dirs[name]).is_dir():
+            return cifar_pickle_source(root / torchvision_dirs[name], split), ""
+        if name == "svhn":
+            for candidate in (root / "test_32x32.mat", root / "svhn" / "test_32x32.mat"):
+                if candidate.is_file():
+                    return svhn_source(candidate), ""
+        for prefix in prefixes:
+            if (root / prefix).is_dir():
+                return folder_source(root / prefix), ""
+        for pattern in patterns:
+            for archive in sorted(root.glob(pattern)):
+                for prefix in prefixes:
+                    if _zip_has_prefix(archive, prefix):
+                        return folder_source(archive, prefix), ""
+    wanted = ([torchvision_dirs[name]] if name in torchvision_dirs else []) + \
+             (["test_32x32.mat"] if name == "svhn" else []) + prefixes + patterns
+    return None, (f"{name} ({split}): no source under {', '.join(map(str, roots))} "
+                  f"(looked for {', '.join(wanted)}); get it with {how}")
+
+
+def download_source(name: str, split: str, root: Path) -> ImageSource:
+    """Fetch a set with torchvision's own download (needs the internet), then read it like any source."""
+    import torchvision.datasets as tvd
+    root = Path(root)
+    makers = {
+        "cifar10": lambda: tvd.CIFAR10(root, train=split == "train", download=True),
+        "cifar100": lambda: tvd.CIFAR100(root, train=split == "train", download=True),
+        "svhn": lambda: tvd.SVHN(root, split="test", download=True),
+        "dtd": lambda: tvd.DTD(root, split="test", download=True),
+    }
+    if name not in makers:
+        raise ValueError(f"torchvision offers no download for {name}")
+    try:
+        makers[name]()
+    except Exception as e:
+        raise RuntimeError(f"could not download {name} with torchvision into {root} ({type(e).__name__}: {e}); "
+                           f"without internet access put its files under a --source-root instead") from e
+    source, missing = find_source(name, split, [root, root / "dtd"])
+    if source is None:
+        raise RuntimeError(f"downloaded {name} but could not read it: {missing}")
+    return source
+
+
+# ----------------------------------------------------------------------------- subsets
+
+def subset_indices(count: int, n: Optional[int], seed: int, labels: Optional[np.ndarray] = None) -> np.ndarray:
+    """A seeded random subset of ``n`` of ``count`` indices (sorted), stratified by class when labelled.
+
+    Never the first ``n``: the archives are sorted by class. Each class gets its share of ``n`` by the
+    largest-remainder rule, so class proportions are kept to within one image.
+    """
+    if n is None or n >= count:
+        return np.arange(count)
+    if n <= 0:
+        raise ValueError(f"a subset must hold at least one image, not {n}")
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return np.sort(rng.choice(count, size=n, replace=False))
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * n / count
+    take = np.floor(share).astype(int)
+    extra = n - take.sum()
+    take[np.argsort(-(share - take), kind="stable")[:extra]] += 1
+    picked = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked))
+
+
+def load_subset(source: ImageSource, n: Optional[int], seed: int, desc: str = "") -> Tuple[np.ndarray, np.ndarray]:
+    """Decode a seeded subset of ``source``: ``(images uint8 (n,32,32,3), labels int64 (-1 if none))``."""
+    idx = subset_indices(source.count, n, seed, source.labels)
+    chunks = [source.load(idx[i:i + 1000]) for i in tqdm(range(0, len(idx), 1000), desc=desc, unit="k img",
+                                                          leave=False)]
+    images = np.concatenate(chunks) if chunks else np.zeros((0, SIZE, SIZE, 3), np.uint8)
+    labels = source.labels[idx] if source.labels is not None else np.full(len(idx), -1, dtype=np.int64)
+    return images, labels
+
+
+def parse_extra(specs: Sequence[str]) -> Dict[str, Path]:
+    """``NAME=PATH`` pairs of --extra-ood."""
+    extra = {}
+    for spec in specs or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--extra-ood expects NAME=PATH, got {spec!r}")
+        if name in ("train", "test") or name in OOD_SETS:
+            raise ValueError(f"--extra-ood name {name!r} is reserved; choose another")
+        extra[name] = Path(path)
+    return extra
+
+
+# ----------------------------------------------------------------------------- network input
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_input(images, device=None, dtype=None):
+    """uint8 ``(N, 32, 32, 3)`` images (array or tensor) to a normalised float ``(N, 3, 32, 32)`` tensor.
+
+    Inputs are normalised with the ImageNet mean and std, as the original code and the shared
+    checkpoints do. The conversion runs on ``device``, so only uint8 bytes cross to it.
+    """
+    import torch
+    x = torch.as_tensor(np.array(images, copy=True)).to(device, non_blocking=True)  # mmap arrays are read-only
+    x = x.permute(0, 3, 1, 2).to(dtype or torch.float32).div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)

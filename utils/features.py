@@ -1,0 +1,83 @@
+"""Stage 2: per-layer features (the library behind ``save_inter_outputs.py``).
+
+Every tap's output is pooled on the device by ``forward_intermediates`` and copied into arrays that
+were preallocated on disk (``open_memmap``), so memory stays flat and nothing is stacked per batch.
+"""
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models import load_model
+
+from .data import NUM_CLASSES, to_input
+from .generate import load_images
+from .io import MANIFEST, StagingDir, is_complete, read_json, sha256_file
+from .paths import Layout, layer_file
+
+
+def open_backbone(checkpoint, ind: str, arch: Optional[str] = None, device: torch.device = torch.device("cpu")):
+    """The checkpoint's model in eval mode on ``device``, and the checkpoint's sha256."""
+    model = load_model(checkpoint, arch, NUM_CLASSES[ind])
+    return model.to(device).eval(), sha256_file(checkpoint)
+
+
+@torch.inference_mode()
+def extract(model, images: np.ndarray, out: Path, device: torch.device, batch_size: int = 256,
+            desc: str = "") -> None:
+    """Write ``layer_XXX.npy`` (one per tap), ``logits.npy`` and ``penultimate.npy`` for ``images``."""
+    n = len(images)
+    arrays = [np.lib.format.open_memmap(out / layer_file(i, "npy"), mode="w+", dtype=np.float32, shape=(n, w))
+              for i, w in enumerate(model.tap_widths)]
+    logits = penult = None
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
+        stop = min(start + batch_size, n)
+        o = model.forward_intermediates(to_input(images[start:stop], device), penultimate=True)
+        if logits is None:
+            logits = np.lib.format.open_memmap(out / "logits.npy", "w+", np.float32, (n, o.logits.shape[1]))
+            penult = np.lib.format.open_memmap(out / "penultimate.npy", "w+", np.float32,
+                                               (n, o.penultimate.shape[1]))
+        for array, f in zip(arrays, o.features):
+            array[start:stop] = f.float().cpu().numpy()
+        logits[start:stop] = o.logits.float().cpu().numpy()
+        penult[start:stop] = o.penultimate.float().cpu().numpy()
+    for array in arrays + [logits, penult]:
+        if array is not None:
+            array.flush()
+            if not np.isfinite(np.asarray(array)).all():
+                raise ValueError(f"non-finite features in {out}: is the checkpoint broken?")
+
+
+def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, names: Sequence[str],
+                  device: torch.device, batch_size: int = 256, force: bool = False, log=print) -> Path:
+    """Features of every set in ``names`` under the run directory; sets already complete are kept."""
+    run = layout.run(ind, model.arch, ckpt_sha, tag)
+    for name in names:
+        images, _, image_manifest = load_images(layout, ind, tag, name)
+        settings = {"checkpoint_sha256": ckpt_sha, "arch": model.arch, "images": image_manifest["settings"],
+                    "taps": model.num_taps, "normalisation": "imagenet"}
+        out = layout.features(run, name)
+        if is_complete(out, settings) and not force:
+            log(f"{name}: features already complete in {out}")
+            continue
+        with StagingDir(out, settings, {"count": len(images), "widths": model.tap_widths}) as tmp:
+            extract(model, images, tmp, device, batch_size, desc=name)
+        log(f"{name}: {len(images)} images x {model.num_taps} layers -> {out}")
+    return run
+
+
+def load_features(run: Path, name: str, expect_sha: Optional[str] = None) -> Dict[str, object]:
+    """Memory-mapped features of one set: ``{'layers': [...], 'logits', 'penultimate', 'manifest'}``."""
+    d = Layout.features(run, name)
+    manifest = read_json(d / MANIFEST)
+    if manifest is None:
+        raise FileNotFoundError(f"no features for set {name!r} in {d}; run save_inter_outputs.py for it first")
+    if expect_sha and manifest["settings"]["checkpoint_sha256"] != expect_sha:
+        raise ValueError(f"features in {d} were made from another checkpoint "
+                         f"({manifest['settings']['checkpoint_sha256'][:8]}, expected {expect_sha[:8]})")
+    layers: List[np.ndarray] = [np.load(d / layer_file(i, "npy"), mmap_mode="r")
+                                for i in range(manifest["settings"]["taps"])]
+    return {"layers": layers, "logits": np.load(d / "logits.npy", mmap_mode="r"),
+            "penultimate": np.load(d / "penultimate.npy", mmap_mode="r"), "manifest": manifest}

@@ -1,0 +1,110 @@
+"""Stage 1: make the evaluation images (the library behind ``generate_datasets.py``)."""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .data import (IND_SETS, OOD_SETS, download_source, find_source, folder_source, load_subset,
+                   pure_color_source)
+from .io import StagingDir, is_complete, read_json
+from .paths import Layout, data_tag
+
+MAX_OOD = 10000   # an OOD set larger than this is cut to a seeded random 10,000
+
+
+def default_oods(ind: str) -> List[str]:
+    """The original's five OOD sets plus the other CIFAR."""
+    return ["lsun", "tiny", "svhn", "dtd", "pure_color"] + [s for s in IND_SETS if s != ind]
+
+
+@dataclass
+class DataConfig:
+    ind: str = "cifar10"
+    oods: Optional[Sequence[str]] = None
+    extra: Optional[Dict[str, Path]] = None
+    roots: Sequence[Path] = (Path("data/raw"),)
+    max_train: Optional[int] = None
+    max_test: Optional[int] = None
+    max_ood: Optional[int] = MAX_OOD
+    seed: int = 0
+    download: bool = False
+
+    @property
+    def tag(self) -> str:
+        return data_tag(self.max_train, self.max_test, self.max_ood, self.seed)
+
+    def set_names(self) -> List[str]:
+        oods = default_oods(self.ind) if self.oods is None else list(self.oods)
+        return ["train", "test"] + oods + list(self.extra or {})
+
+
+def _source_for(cfg: DataConfig, name: str):
+    """Returns ``(source, split, limit)`` for a set name, or ``(None, message, None)`` if it is absent."""
+    if name in ("train", "test"):
+        dataset, split = cfg.ind, name
+        limit = cfg.max_train if name == "train" else cfg.max_test
+    elif cfg.extra and name in cfg.extra:
+        return folder_source(cfg.extra[name]), "test", cfg.max_ood
+    elif name == "pure_color":
+        return pure_color_source(cfg.max_ood or MAX_OOD, cfg.seed), "test", cfg.max_ood
+    elif name in OOD_SETS:
+        if name == cfg.ind:
+            raise ValueError(f"{name} is the in-distribution set; it cannot also be an OOD set")
+        dataset, split, limit = name, "test", cfg.max_ood
+    else:
+        raise ValueError(f"unknown set {name!r}; OOD sets are {', '.join(OOD_SETS)} or --extra-ood NAME=PATH")
+    source, missing = find_source(dataset, split, cfg.roots)
+    if source is None and cfg.download and dataset in ("cifar10", "cifar100", "svhn", "dtd"):
+        source = download_source(dataset, split, Path(cfg.roots[0]))
+    return source, (split if source is not None else missing), limit
+
+
+def generate(cfg: DataConfig, layout: Layout = Layout(), force: bool = False, log=print) -> Dict[str, dict]:
+    """Write every set of ``cfg`` that is not already complete; returns each written set's manifest.
+
+    A missing OOD set is skipped with one line saying what was looked for; a missing in-distribution
+    split is an error.
+    """
+    if cfg.ind not in IND_SETS:
+        raise ValueError(f"unknown in-distribution set {cfg.ind!r}; choose one of {', '.join(IND_SETS)}")
+    done = {}
+    for name in cfg.set_names():
+        out = layout.images(cfg.ind, cfg.tag, name)
+        source, split, limit = _source_for(cfg, name)
+        if source is None:
+            if name in ("train", "test"):
+                raise FileNotFoundError(f"in-distribution set {split}")
+            log(f"skipping {split}")
+            continue
+        settings = {"set": name, "source": source.description, "split": split, "limit": limit, "seed": cfg.seed}
+        if is_complete(out, settings) and not force:
+            log(f"{name}: already complete in {out}")
+            done[name] = read_json(out / "manifest.json")
+            continue
+        images, labels = load_subset(source, limit, cfg.seed, desc=name)
+        info = {"count": int(len(images)), "available": int(source.count), "classes": source.classes,
+                "ind": cfg.ind}
+        with StagingDir(out, settings, info) as tmp:
+            np.save(tmp / "images.npy", images)
+            np.save(tmp / "labels.npy", labels)
+        log(f"{name}: {len(images)} of {source.count} images from {source.description} -> {out}")
+        done[name] = {"settings": settings, **info}
+    return done
+
+
+def load_images(layout: Layout, ind: str, tag: str, name: str):
+    """``(images, labels, manifest)`` of a generated set, or a clear error if it was never made."""
+    d = layout.images(ind, tag, name)
+    manifest = read_json(d / "manifest.json")
+    if manifest is None:
+        raise FileNotFoundError(f"no generated images for set {name!r} in {d}; run generate_datasets.py "
+                                f"with the same --ind and subset flags first")
+    return np.load(d / "images.npy", mmap_mode="r"), np.load(d / "labels.npy"), manifest
+
+
+def generated_sets(layout: Layout, ind: str, tag: str) -> List[str]:
+    """Names of the OOD sets generated for ``ind`` under ``tag``, in a stable order."""
+    base = layout.image_root(ind, tag)
+    names = sorted(p.name for p in base.glob("*") if (p / "manifest.json").exists()) if base.is_dir() else []
+    return [n for n in names if n not in ("train", "test")]

@@ -1,0 +1,126 @@
+"""Atomic writes and manifests: an interrupted stage never leaves a file a later stage would trust.
+
+Every artifact is written to a temporary name in its own directory and moved into place with
+``os.replace``; a directory of arrays is complete only once its ``manifest.json`` exists and matches.
+"""
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path) -> Optional[dict]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def save_npy(path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def write_csv(path, rows: List[Dict[str, Any]]) -> None:
+    """Write a whole table at once (never appended row by row)."""
+    if not rows:
+        raise ValueError(f"refusing to write an empty table to {path}")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def settings_hash(settings: Dict[str, Any], length: int = 10) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def is_complete(directory, settings: Dict[str, Any]) -> bool:
+    """True when ``directory`` holds a manifest written for exactly these settings."""
+    manifest = read_json(Path(directory) / MANIFEST)
+    return manifest is not None and manifest.get("settings") == json.loads(json.dumps(settings, default=str))
+
+
+class StagingDir:
+    """Build a directory under a temporary name and swap it into place whole, manifest last.
+
+    >>> with StagingDir(final) as tmp:
+    ...     np.save(tmp / "a.npy", a)
+    ...     # on success, final/ is replaced by tmp/ plus manifest.json
+    """
+
+    def __init__(self, final, settings: Dict[str, Any], info: Optional[Dict[str, Any]] = None):
+        self.final = Path(final)
+        self.settings, self.info = settings, dict(info or {})
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".partial", dir=self.final.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        write_json(self.tmp / MANIFEST, {"settings": self.settings, **self.info})
+        old = None
+        if self.final.exists():
+            old = self.final.with_name(f".{self.final.name}.old{os.getpid()}")
+            os.replace(self.final, old)
+        os.replace(self.tmp, self.final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def format_table(rows: Iterable[Dict[str, Any]], floatfmt: str = "{:.2f}") -> str:
+    """A Markdown table of dict rows (floats formatted)."""
+    rows = list(rows)
+    cols = list(rows[0])
+    fmt = lambda v: floatfmt.format(v) if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,144 @@
+"""Stages 3 and 4: fit the per-layer detectors and score every OOD set (behind the scripts)."""
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import joblib
+import numpy as np
+
+from .detectors import LAOOD
+from .features import load_features
+from .io import MANIFEST, StagingDir, format_table, is_complete, read_json, save_npy, write_csv, write_json, \
+    write_text
+from .metrics import METRICS, ood_metrics
+from .paths import Layout, layer_file
+
+
+def detector_settings(run_manifest_sha: str, la: LAOOD, n_train: int) -> Dict:
+    return {"checkpoint_sha256": run_manifest_sha, "detector": la.detector, "gammas": list(la.gammas),
+            "nu": la.nu, "seed": la.seed, "select_size": la.select_size, "prune": la.prune, "n_train": n_train}
+
+
+def train_detectors(run: Path, la: LAOOD, force: bool = False, log=print) -> Path:
+    """Fit ``la`` on the run's in-distribution train features and save one pickle per layer."""
+    train = load_features(run, "train")
+    sha = train["manifest"]["settings"]["checkpoint_sha256"]
+    settings = detector_settings(sha, la, len(train["logits"]))
+    out = Layout.detectors(run, la.detector, la.seed)
+    if is_complete(out, settings) and not force:
+        log(f"detectors already complete in {out}")
+        return out
+    start = time.time()
+    la.fit(train["layers"])
+    seconds = time.time() - start
+    with StagingDir(out, settings, {"layers": len(la.detectors_), "fit_seconds": seconds}) as tmp:
+        for i, det in enumerate(la.detectors_):
+            joblib.dump(det, tmp / layer_file(i, "joblib"))
+        write_csv(tmp / "selection.csv", [_flat_record(r) for r in la.records_])
+    log(f"{len(la.detectors_)} {la.detector} detectors fitted on {len(train['logits'])} images in {seconds:.0f}s -> {out}")
+    return out
+
+
+def _flat_record(record: Dict) -> Dict:
+    rec = {k: v for k, v in record.items() if k != "errors"}
+    for gamma, err in record.get("errors", {}).items():
+        rec[f"error@{gamma:g}"] = round(err, 5)
+    return rec
+
+
+def load_detectors(directory: Path, expect_sha: Optional[str] = None) -> LAOOD:
+    """The fitted per-layer detectors of a directory written by :func:`train_detectors`."""
+    manifest = read_json(Path(directory) / MANIFEST)
+    if manifest is None:
+        raise FileNotFoundError(f"no trained detectors in {directory}; run train_ood_detectors.py first")
+    s = manifest["settings"]
+    if expect_sha and s["checkpoint_sha256"] != expect_sha:
+        raise ValueError(f"detectors in {directory} were fitted on features of another checkpoint "
+                         f"({s['checkpoint_sha256'][:8]}, expected {expect_sha[:8]}); retrain them")
+    la = LAOOD(detector=s["detector"], gammas=s["gammas"], nu=s["nu"], seed=s["seed"],
+               select_size=s["select_size"], prune=s["prune"])
+    for i in range(manifest["layers"]):
+        path = Path(directory) / layer_file(i, "joblib")
+        if not path.exists():
+            raise FileNotFoundError(f"detector of layer {i} is missing ({path}); retrain with --force")
+        la.detectors_.append(joblib.load(path))
+    return la
+
+
+def balanced_indices(n_ind: int, n_ood: int, seed: int):
+    """Seeded random N = min(n_ind, n_ood) of each side (sorted), never the first N."""
+    n = min(n_ind, n_ood)
+    rng = np.random.default_rng(seed)
+    pick = lambda total: np.arange(total) if total == n else np.sort(rng.choice(total, n, replace=False))  # noqa
+    return pick(n_ind), pick(n_ood)
+
+
+def layer_table(ind: np.ndarray, ood: np.ndarray) -> List[Dict]:
+    """One row per layer, the oracle best layer and the LA-OOD maximum, from ``(N, L)`` score matrices."""
+    n_layers = ind.shape[1]
+    ind_arg = np.bincount(ind.argmax(1), minlength=n_layers)
+    ood_arg = np.bincount(ood.argmax(1), minlength=n_layers)
+    rows = [{"row": f"layer {i + 1}", **ood_metrics(ind[:, i], ood[:, i]),
+             "ind_argmax": int(ind_arg[i]), "ood_argmax": int(ood_arg[i])} for i in range(n_layers)]
+    best = max(range(n_layers), key=lambda i: rows[i]["auroc"])
+    rows.append({**rows[best], "row": f"best single layer (oracle: layer {best + 1})"})
+    rows.append({"row": "LA-OOD (max over layers)", **ood_metrics(ind.max(1), ood.max(1)),
+                 "ind_argmax": len(ind), "ood_argmax": len(ood)})
+    return rows
+
+
+def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_jobs: int = 1,
+           log=print, record: Optional[Dict] = None) -> List[Dict]:
+    """Score the test split and every OOD set; write per-set tables, the summary and a run record."""
+    start = time.time()
+    test = load_features(run, "test")
+    sha = test["manifest"]["settings"]["checkpoint_sha256"]
+    la = load_detectors(det_dir, expect_sha=sha)
+    la.n_jobs = n_jobs
+    if not ood_names:
+        raise ValueError(f"no OOD sets to score in {run / 'features'}; generate and save some first")
+    oods = {name: load_features(run, name, expect_sha=sha) for name in ood_names}
+    out = Layout.results(run, la.detector, la.seed)
+    ind_scores = la.score_layers(test["layers"])
+    scores = {name: la.score_layers(f["layers"]) for name, f in oods.items()}
+    summary, tables = [], {}
+    for name, ood_scores in scores.items():
+        i_idx, o_idx = balanced_indices(len(ind_scores), len(ood_scores), seed)
+        tables[name] = layer_table(ind_scores[i_idx], ood_scores[o_idx])
+        summary.append({"ood": name, "n": len(i_idx), **_pick(tables[name][-1]),
+                        "oracle_layer": tables[name][-2]["row"].split()[-1].rstrip(")"),
+                        "oracle_auroc": tables[name][-2]["auroc"]})
+    all_ood = np.concatenate(list(scores.values()))
+    tables["combined"] = layer_table(ind_scores, all_ood)
+    summary.append({"ood": "combined", "n": f"{len(ind_scores)}+{len(all_ood)}", **_pick(tables["combined"][-1]),
+                    "oracle_layer": tables["combined"][-2]["row"].split()[-1].rstrip(")"),
+                    "oracle_auroc": tables["combined"][-2]["auroc"]})
+    for name, rows in tables.items():
+        write_csv(out / f"{name}.csv", rows)
+    save_npy(out / "scores" / "test.npy", ind_scores.astype(np.float32))
+    for name, s in scores.items():
+        save_npy(out / "scores" / f"{name}.npy", s.astype(np.float32))
+    write_csv(out / "summary.csv", summary)
+    md = format_table(summary)
+    write_text(out / "summary.md", md)
+    write_json(out / "run.json", {
+        "checkpoint_sha256": sha, "features": str(run), "detectors": str(det_dir), "eval_seed": seed,
+        "sets": {n: f["manifest"]["settings"]["images"] for n, f in {"test": test, **oods}.items()},
+        "counts": {n: len(f["logits"]) for n, f in {"test": test, **oods}.items()},
+        "detector_settings": read_json(Path(det_dir) / MANIFEST)["settings"],
+        "detect_seconds": time.time() - start, "versions": package_versions(), **(record or {})})
+    log(f"results -> {out}")
+    return summary
+
+
+def _pick(row: Dict) -> Dict:
+    return {m: row[m] for m in METRICS}
+
+
+def package_versions() -> Dict[str, str]:
+    import sklearn
+    import torch
+    return {"python": platform.python_version(), "numpy": np.__version__, "scikit-learn": sklearn.__version__,
+            "torch": torch.__version__}
