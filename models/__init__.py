@@ -6,8 +6,8 @@
 """
 from . import densenet, resnet, vgg  # noqa: F401  (registers the models)
 from .checkpoint import load_model, read_checkpoint, save_model
-from .registry import create_model, list_models, register_model
+from .registry import create_model, get_recipe, list_models, register_model
 from .taps import Intermediates, TappedModel
 
-__all__ = ["create_model", "list_models", "register_model", "load_model", "read_checkpoint", "save_model",
+__all__ = ["create_model", "get_recipe", "list_models", "register_model", "load_model", "read_checkpoint", "save_model",
            "Intermediates", "TappedModel"]

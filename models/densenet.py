@@ -73,6 +73,7 @@ class DenseNet3(TappedModel):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
-@register_model
+@register_model(recipe=dict(epochs=300, batch_size=64, lr=0.1, weight_decay=1e-4, milestones=[150, 225],
+                            gamma=0.1))
 def densenet100(num_classes: int = 10) -> DenseNet3:
     return DenseNet3(100, 12, 0.5, num_classes)

@@ -1,15 +1,32 @@
 """Model registry: scripts build models by name and never switch on it (cf. timm's ``create_model``)."""
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch.nn as nn
 
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
+_RECIPES: Dict[str, Dict] = {}
+
+# The original code's CIFAR training schedule for ResNet34; the default for models without their own.
+_DEFAULT_RECIPE = dict(epochs=200, batch_size=128, lr=0.1, weight_decay=1e-4, milestones=[100, 150], gamma=0.1)
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register ``fn(num_classes=...)`` under its function name."""
-    _MODELS[fn.__name__] = fn
-    return fn
+def register_model(fn: Optional[Callable[..., nn.Module]] = None, *, recipe: Optional[Dict] = None):
+    """Decorator: register ``fn(num_classes=...)`` under its function name, with its training recipe.
+
+    A recipe holds the default ``epochs``, ``batch_size``, ``lr``, ``weight_decay`` and a step schedule
+    (``milestones`` and decay ``gamma``, or ``step_size`` and ``gamma``).
+    """
+    def wrap(f):
+        _MODELS[f.__name__] = f
+        _RECIPES[f.__name__] = dict(recipe or _DEFAULT_RECIPE)
+        return f
+    return wrap(fn) if fn is not None else wrap
+
+
+def get_recipe(name: str) -> Dict:
+    if name not in _RECIPES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    return dict(_RECIPES[name])
 
 
 def list_models() -> List[str]:

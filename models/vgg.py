@@ -32,6 +32,6 @@ class VGG(TappedModel):
         return self.classifier(self.features(x).flatten(1))
 
 
-@register_model
+@register_model(recipe=dict(epochs=300, batch_size=128, lr=0.05, weight_decay=5e-4, step_size=30, gamma=0.5))
 def vgg16(num_classes: int = 10) -> VGG:
     return VGG(_VGG16, num_classes)

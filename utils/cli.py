@@ -100,3 +100,41 @@ def locate_run(args):
         raise ValueError(f"checkpoint {args.checkpoint} holds a {arch}, but --model {args.model} was asked for")
     sha = sha256_file(args.checkpoint)
     return layout(args).run(args.ind, arch, sha, data_config(args).tag), arch, sha
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    """Training flags; unset ones take the model's recipe (the original code's schedule)."""
+    g = parser.add_argument_group("training (defaults: the model's original schedule)")
+    g.add_argument("--epochs", type=positive_int, default=None, help="epochs")
+    g.add_argument("--batch-size", type=positive_int, default=None, help="batch size per process")
+    g.add_argument("--lr", type=float, default=None, help="(peak) learning rate")
+    g.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--schedule", choices=("step", "onecycle", "constant"), default="step",
+                   help="step: the original's step decay; onecycle: a short schedule (Nesterov, 30 epochs "
+                        "unless --epochs says otherwise); constant: no decay")
+    g.add_argument("--milestones", type=int, nargs="+", default=None, help="epochs where a step schedule decays")
+    g.add_argument("--step-size", type=int, default=None, help="decay every this many epochs (instead of milestones)")
+    g.add_argument("--lr-gamma", type=float, default=None, help="decay factor of a step schedule")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="mixed precision: auto = bfloat16 where the device has it, else float16 with loss scaling")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--keep-best", action="store_true",
+                   help="also keep the checkpoint with the best test accuracy, as the original did "
+                        "(this chooses by looking at the test set)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run from its state.pt")
+    g.add_argument("--max-batches", type=positive_int, default=None, help="cap batches per epoch (quick tries)")
+
+
+def train_config(args, recipe: dict):
+    from .engine import TrainConfig
+    onecycle = args.schedule == "onecycle"
+    pick = lambda flag, key, default=None: flag if flag is not None else recipe.get(key, default)  # noqa: E731
+    step_size = args.step_size if args.step_size is not None else (None if args.milestones else recipe.get("step_size"))
+    return TrainConfig(
+        epochs=args.epochs or (30 if onecycle else recipe["epochs"]), batch_size=pick(args.batch_size, "batch_size"),
+        lr=pick(args.lr, "lr"), weight_decay=pick(args.weight_decay, "weight_decay"), momentum=args.momentum,
+        schedule=args.schedule, milestones=pick(args.milestones, "milestones"), step_size=step_size,
+        gamma=pick(args.lr_gamma, "gamma", 0.1), nesterov=args.nesterov or onecycle, amp=args.amp, seed=args.seed,
+        keep_best=args.keep_best, compile=args.compile, max_batches=args.max_batches)

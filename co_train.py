@@ -1,0 +1,69 @@
+"""Co-train a backbone with its per-layer One-Class SVMs: loss = CE - lambda * D (see utils/cotrain.py).
+
+    python co_train.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --model vgg16 --ind cifar10 \
+        --source-root ../shared/data
+
+Starts from the given checkpoint (the original built a fresh model and ignored --pretrained) and uses
+the detectors that train_ood_detectors.py fitted on that checkpoint's features.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from utils.cli import (add_data_args, add_model_args, add_train_args, data_config, layout, locate_run,
+                       resolve_device, train_config)
+from utils.cotrain import CoTrainLoss, mean_decision
+from utils.data import NUM_CLASSES
+from utils.engine import fit
+from utils.paths import Layout
+from utils.pipeline import load_detectors
+from models import get_recipe, load_model
+from train_backbone_model import load_split_tensors
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser("LA-OOD: co-train backbone and detectors", add_help=True)
+    add_data_args(parser)
+    add_model_args(parser)
+    add_train_args(parser)
+    parser.add_argument("--detectors", type=Path, default=None,
+                        help="directory of the fitted ocsvm detectors (default: those of --checkpoint's run)")
+    parser.add_argument("--lam", type=float, default=0.001, help="weight lambda of the detector term")
+    parser.add_argument("--layers-per-batch", type=int, default=None,
+                        help="layers drawn at random per batch (default: all up to 13 layers, else 10)")
+    parser.add_argument("--stats-images", type=int, default=None,
+                        help="train images used to recompute the feature mean/std each epoch (default: all)")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: checkpoints/<ind>-<model>-cotrain)")
+    parser.set_defaults(schedule="constant", epochs=5, lr=0.001, weight_decay=1e-4)
+    return parser
+
+
+def main(args):
+    device = resolve_device(args.device)
+    run, arch, sha = locate_run(args)
+    det_dir = args.detectors or Layout.detectors(run, "ocsvm", args.seed)
+    detectors = load_detectors(det_dir, expect_sha=sha).detectors_
+    model = load_model(args.checkpoint, arch, NUM_CLASSES[args.ind]).to(device)
+    per_batch = args.layers_per_batch or (model.num_taps if model.num_taps <= 13 else 10)
+    loss = CoTrainLoss(model, detectors, lam=args.lam, layers_per_batch=per_batch).to(device)
+    cfg = train_config(args, get_recipe(arch))
+    train, test = load_split_tensors(args, layout(args))
+    stats = train[0] if args.stats_images is None else train[0][:args.stats_images]
+    out = args.out or Path("checkpoints") / f"{args.ind}-{arch}-cotrain"
+
+    def refresh(epoch):
+        loss.refresh_statistics(stats, device)
+        print(f"epoch {epoch + 1}: mean decision value on {len(stats)} train images "
+              f"{mean_decision(loss, stats[:2000], device):.4f}")
+
+    log = fit(model, train, test, cfg, out, device, loss_fn=loss, resume=args.resume, on_epoch_start=refresh,
+              keep_epochs=True)
+    print(f"co-trained {arch} ({sha[:8]}): test accuracy {log[-1]['test_acc']:.2f}% -> {out / 'final.pt'}")
+    return log
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,61 @@
+"""Train a backbone on CIFAR-10 / CIFAR-100 (the original's schedules by default, or a short one-cycle run).
+
+    python train_backbone_model.py --model resnet20 --ind cifar10 --source-root ../shared/data --schedule onecycle --epochs 15
+    torchrun --nproc_per_node 2 train_backbone_model.py --model vgg16 ...        # data-parallel
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from models import create_model, get_recipe, list_models
+from utils.cli import add_data_args, add_train_args, data_config, layout, resolve_device, train_config
+from utils.data import NUM_CLASSES
+from utils.engine import distributed, fit
+from utils.generate import generate, load_images
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser("LA-OOD: train a backbone", add_help=True)
+    add_data_args(parser)
+    parser.add_argument("--model", required=True, choices=list_models(), help="architecture to train")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, mps")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: checkpoints/<ind>-<model>-<schedule>)")
+    add_train_args(parser)
+    return parser
+
+
+def load_split_tensors(args, lay):
+    """The in-distribution train and test splits, via the same sources as generate_datasets.py."""
+    cfg = data_config(args, oods=[])
+    generate(cfg, lay, log=lambda _: None)
+    train_x, train_y, _ = load_images(lay, args.ind, cfg.tag, "train")
+    test_x, test_y, _ = load_images(lay, args.ind, cfg.tag, "test")
+    return (torch.from_numpy(train_x.copy()), torch.from_numpy(train_y)), (test_x, test_y)
+
+
+def main(args):
+    rank, world = distributed()
+    device = resolve_device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    cfg = train_config(args, get_recipe(args.model))
+    out = args.out or Path("checkpoints") / f"{args.ind}-{args.model}-{cfg.schedule}"
+    train, test = load_split_tensors(args, layout(args))
+    model = create_model(args.model, NUM_CLASSES[args.ind])
+    if rank == 0:
+        print(f"{args.model} on {args.ind}: {len(train[0])} train / {len(test[0])} test images, {device}, "
+              f"world {world}, {cfg}")
+    log = fit(model, train, test, cfg, out, device, resume=args.resume)
+    if rank == 0 and log:
+        print(f"final test accuracy {log[-1]['test_acc']:.2f}% -> {out / 'final.pt'}")
+    return log
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,235 @@
+"""The one training engine shared by backbone training and co-training (they differ only in the loss).
+
+Images stay in memory as a uint8 tensor; each batch is augmented as a batch (random crop with 4-pixel
+zero padding and horizontal flip, by index arithmetic), normalised on the device, and run under
+autocast (bfloat16 where the device has it, float16 with loss scaling otherwise) in channels-last
+layout. Every epoch's randomness is drawn from generators seeded by ``(seed, epoch)``, so a run
+resumed from its last finished epoch continues exactly as if it had not been interrupted.
+Under ``torchrun`` the same code runs data-parallel (DistributedDataParallel, gloo or NCCL).
+"""
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models import save_model
+
+from .data import to_input
+from .io import write_csv
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+def crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with ``pad`` pixels of zero padding and random horizontal flip, for a whole
+    ``(N, H, W, C)`` uint8 batch at once (the batched twin of RandomCrop(32, 4) + RandomHorizontalFlip)."""
+    n, h, w, _ = images.shape
+    padded = F.pad(images, (0, 0, pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
+    flip = torch.rand(n, 1, generator=generator) < 0.5
+    ar_w = torch.arange(w)
+    cols = ox + torch.where(flip, w - 1 - ar_w, ar_w)
+    rows = oy + torch.arange(h)
+    return padded[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def autocast(device: torch.device, amp: str = "auto"):
+    """``(context factory, GradScaler or None)`` for ``amp`` in auto, bf16, fp16, off."""
+    if amp == "auto":
+        if device.type == "cuda":
+            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            amp = "bf16" if device.type == "cpu" else "fp16"
+    if amp == "off":
+        return contextlib.nullcontext, None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 and device.type == "cuda" else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+def distributed() -> Tuple[int, int]:
+    """``(rank, world size)``; initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer, loss_fn: LossFn,
+                    device: torch.device, batch_size: int, epoch: int, seed: int = 0, amp: str = "auto",
+                    batch_scheduler=None, augment: bool = True, progress: bool = True,
+                    max_batches: Optional[int] = None) -> Dict[str, float]:
+    """One pass over a seeded permutation of ``images`` (uint8 NHWC); returns loss, accuracy, img/s."""
+    rank, world = distributed()
+    g = epoch_generator(seed, epoch)
+    torch.manual_seed(seed * 100_003 + epoch)            # dropout and anything else drawing globally
+    order = torch.randperm(len(images), generator=g)[rank::world]
+    n_batches = len(order) // batch_size                  # drop the last partial batch, as is usual
+    if max_batches:
+        n_batches = min(n_batches, max_batches)
+    ctx, scaler = autocast(device, amp)
+    model.train()
+    total_loss = correct = seen = 0
+    start = time.perf_counter()
+    bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+               disable=not progress or rank != 0)
+    for b in bar:
+        idx = order[b * batch_size:(b + 1) * batch_size]
+        x = images[idx]
+        if augment:
+            x = crop_flip(x, g)
+        x = to_input(x, device).contiguous(memory_format=torch.channels_last)
+        y = labels[idx].to(device, non_blocking=True)
+        with ctx():
+            loss, logits = loss_fn(model, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if batch_scheduler is not None:
+            batch_scheduler.step()
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {b}; lower --lr")
+        total_loss += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+    seconds = time.perf_counter() - start
+    return {"train_loss": total_loss / max(seen, 1), "train_acc": 100 * correct / max(seen, 1),
+            "images_per_s": seen * world / max(seconds, 1e-9)}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images, labels, device: torch.device, batch_size: int = 500,
+             amp: str = "off") -> Dict[str, float]:
+    """Test loss and accuracy (float32 unless ``amp`` says otherwise)."""
+    ctx, _ = autocast(device, amp)
+    model.eval()
+    labels = torch.as_tensor(np.asarray(labels))
+    total_loss = correct = 0.0
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start:start + batch_size], device).contiguous(memory_format=torch.channels_last)
+        y = labels[start:start + batch_size].to(device)
+        with ctx():
+            logits = model(x).float()
+        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return {"test_loss": total_loss / len(images), "test_acc": 100 * correct / len(images)}
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    momentum: float = 0.9
+    schedule: str = "step"                  # step (the original's) or onecycle (short runs)
+    milestones: Optional[List[int]] = None
+    step_size: Optional[int] = None
+    gamma: float = 0.1
+    nesterov: bool = False
+    amp: str = "auto"
+    seed: int = 0
+    keep_best: bool = False
+    compile: bool = False
+    max_batches: Optional[int] = None       # cap per epoch, for smoke tests and benchmarks
+    extra: Dict = field(default_factory=dict)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=cfg.nesterov)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
+                                                    steps_per_epoch=max(steps_per_epoch, 1))
+        return opt, sched, True
+    if cfg.schedule == "constant":
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0), False
+    if cfg.step_size:
+        return opt, torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma), False
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones or [], cfg.gamma), False
+
+
+def fit(model: nn.Module, train: Tuple[torch.Tensor, torch.Tensor], test: Tuple[np.ndarray, np.ndarray],
+        cfg: TrainConfig, out_dir: Path, device: torch.device, loss_fn: LossFn = cross_entropy,
+        resume: bool = False, on_epoch_start: Optional[Callable[[int], None]] = None,
+        save=save_model, keep_epochs: bool = False, progress: bool = True) -> List[Dict]:
+    """Train for ``cfg.epochs``, writing ``state.pt`` (resumable), ``final.pt``, optionally ``best.pt`` and
+    ``epoch_XXX.pt`` (``keep_epochs``), and ``log.csv`` (one row per epoch, rewritten whole) under ``out_dir``. Returns the log rows."""
+    rank, world = distributed()
+    out_dir = Path(out_dir)
+    images, labels = train
+    model.to(device).to(memory_format=torch.channels_last)
+    steps = len(images) // world // cfg.batch_size
+    if cfg.max_batches:
+        steps = min(steps, cfg.max_batches)
+    if steps == 0:
+        raise ValueError(f"batch size {cfg.batch_size} is larger than the {len(images) // world} images per process")
+    opt, sched, per_batch = make_optimizer(model, cfg, steps)
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    log, start_epoch, best = [], 0, -1.0
+    state_path = out_dir / "state.pt"
+    if resume:
+        if not state_path.exists():
+            raise FileNotFoundError(f"--resume: no {state_path} to resume from")
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, log, best = state["epoch"], state["log"], state["best"]
+    for epoch in range(start_epoch, cfg.epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        lr = opt.param_groups[0]["lr"]
+        row = {"epoch": epoch + 1, "lr": lr}
+        row.update(train_one_epoch(net, images, labels, opt, loss_fn, device, cfg.batch_size, epoch, cfg.seed,
+                                   cfg.amp, sched if per_batch else None, progress=progress,
+                                   max_batches=cfg.max_batches))
+        if not per_batch:
+            sched.step()
+        row.update(evaluate(model, *test, device))
+        log.append(row)
+        if rank == 0:
+            if progress:
+                print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+            save(model, out_dir / "final.pt", epoch=epoch + 1, test_acc=row["test_acc"], config=asdict(cfg))
+            if keep_epochs:
+                save(model, out_dir / f"epoch_{epoch + 1:03d}.pt", epoch=epoch + 1, test_acc=row["test_acc"])
+            if cfg.keep_best and row["test_acc"] > best:
+                best = row["test_acc"]
+                save(model, out_dir / "best.pt", epoch=epoch + 1, test_acc=row["test_acc"], config=asdict(cfg))
+            tmp = state_path.with_name("state.pt.tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "epoch": epoch + 1, "log": log, "best": best, "config": asdict(cfg)}, tmp)
+            os.replace(tmp, state_path)
+            write_csv(out_dir / "log.csv", log)
+    return log
