@@ -10,15 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from models import get_recipe, load_model
 from utils.cli import (add_data_args, add_model_args, add_train_args, data_config, layout, locate_run,
                        resolve_device, train_config)
 from utils.cotrain import CoTrainLoss, mean_decision
 from utils.data import NUM_CLASSES
-from utils.engine import fit
+from utils.engine import fit, load_splits
 from utils.paths import Layout
 from utils.pipeline import load_detectors
-from models import get_recipe, load_model
-from train_backbone_model import load_split_tensors
 
 
 def get_args_parser():
@@ -47,7 +46,7 @@ def main(args):
     per_batch = args.layers_per_batch or (model.num_taps if model.num_taps <= 13 else 10)
     loss = CoTrainLoss(model, detectors, lam=args.lam, layers_per_batch=per_batch).to(device)
     cfg = train_config(args, get_recipe(arch))
-    train, test = load_split_tensors(args, layout(args))
+    train, test = load_splits(data_config(args, oods=[]), layout(args))
     stats = train[0] if args.stats_images is None else train[0][:args.stats_images]
     out = args.out or Path("checkpoints") / f"{args.ind}-{arch}-cotrain"
 

@@ -5,8 +5,9 @@
 import argparse
 import sys
 
-from utils.cli import add_data_args, add_detector_args, add_model_args, layout, locate_run
+from utils.cli import add_baseline_args, add_data_args, add_detector_args, add_model_args, layout, locate_run
 from utils.generate import generated_sets
+from utils.io import format_table
 from utils.paths import Layout
 from utils.pipeline import detect
 
@@ -18,6 +19,7 @@ def get_args_parser():
     add_detector_args(parser)
     parser.add_argument("--ood", nargs="+", default=None,
                         help="OOD sets to evaluate (default: every set with saved features)")
+    add_baseline_args(parser)
     return parser
 
 
@@ -25,14 +27,10 @@ def main(args):
     run, _, _ = locate_run(args)
     names = args.ood or [n for n in generated_sets(layout(args), args.ind, run.name)
                          if (Layout.features(run, n) / "manifest.json").exists()]
-    summary = detect(run, Layout.detectors(run, args.detector, args.seed), names, seed=args.seed, n_jobs=args.jobs)
-    print_summary(summary)
-    return summary
-
-
-def print_summary(summary):
-    from utils.io import format_table
+    summary = detect(run, Layout.detectors(run, args.detector, args.seed), names, seed=args.seed, n_jobs=args.jobs,
+                     baselines=args.baselines)
     print(format_table(summary))
+    return summary
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import argparse
 import sys
 import time
 
-from utils.cli import (add_data_args, add_detector_args, add_model_args, data_config, la_ood, layout, positive_int,
+from utils.cli import (add_baseline_args, add_data_args, add_detector_args, add_model_args, data_config, la_ood, layout, positive_int,
                        resolve_device)
 from utils.data import OOD_SETS, parse_extra
 from utils.features import open_backbone, save_features
@@ -32,6 +32,8 @@ def get_args_parser():
                         help="an extra OOD set from an image folder or zip archive; repeatable")
     parser.add_argument("--download", action="store_true", help="let torchvision download sets it offers")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    parser.add_argument("--odin", action="store_true", help="also compute the ODIN baseline (needs input gradients)")
+    add_baseline_args(parser)
     parser.add_argument("--quick", action="store_true",
                         help="reduced run: seeded subsets of 10,000 train, 2,000 test and 2,000 images per OOD set "
                              "(explicit --max-* flags win)")
@@ -50,12 +52,13 @@ def main(args):
     timings["generate_s"], t = time.time() - t, time.time()
     device = resolve_device(args.device)
     model, sha = open_backbone(args.checkpoint, args.ind, args.model, device)
-    run = save_features(model, sha, lay, args.ind, cfg.tag, list(sets), device, args.batch_size)
+    run = save_features(model, sha, lay, args.ind, cfg.tag, list(sets), device, args.batch_size, odin=args.odin)
     timings["features_s"], t = time.time() - t, time.time()
     det_dir = train_detectors(run, la_ood(args, model.arch))
     timings["detectors_s"], t = time.time() - t, time.time()
     oods = [name for name in sets if name not in ("train", "test")]
-    summary = detect(run, det_dir, oods, seed=args.seed, n_jobs=args.jobs, record={"stage_seconds": timings})
+    summary = detect(run, det_dir, oods, seed=args.seed, n_jobs=args.jobs, baselines=args.baselines,
+                     record={"stage_seconds": timings})
     timings["detect_s"] = time.time() - t
     print(f"\n{model.arch} on {args.ind} ({sha[:8]}), {cfg.tag}, detector {args.detector}\n")
     print(format_table(summary))

@@ -18,6 +18,8 @@ def get_args_parser():
     parser.add_argument("--sets", nargs="+", default=None,
                         help="sets to process (default: train, test and every generated OOD set)")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    parser.add_argument("--odin", action="store_true",
+                        help="also store ODIN baseline scores (T=1000, eps=0.0014; about 3x the forward cost)")
     parser.add_argument("--force", action="store_true", help="recompute sets that are already complete")
     return parser
 
@@ -28,7 +30,7 @@ def main(args):
     model, sha = open_backbone(args.checkpoint, args.ind, args.model, device)
     names = args.sets or ["train", "test"] + generated_sets(lay, args.ind, cfg.tag)
     start = time.time()
-    run = save_features(model, sha, lay, args.ind, cfg.tag, names, device, args.batch_size, args.force)
+    run = save_features(model, sha, lay, args.ind, cfg.tag, names, device, args.batch_size, args.force, args.odin)
     print(f"features of {len(names)} sets from {model.arch} ({sha[:8]}) on {device} in {time.time() - start:.0f}s "
           f"-> {run / 'features'}")
     return run

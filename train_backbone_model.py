@@ -12,8 +12,7 @@ import torch
 from models import create_model, get_recipe, list_models
 from utils.cli import add_data_args, add_train_args, data_config, layout, resolve_device, train_config
 from utils.data import NUM_CLASSES
-from utils.engine import distributed, fit
-from utils.generate import generate, load_images
+from utils.engine import distributed, fit, load_splits
 
 
 def get_args_parser():
@@ -27,15 +26,6 @@ def get_args_parser():
     return parser
 
 
-def load_split_tensors(args, lay):
-    """The in-distribution train and test splits, via the same sources as generate_datasets.py."""
-    cfg = data_config(args, oods=[])
-    generate(cfg, lay, log=lambda _: None)
-    train_x, train_y, _ = load_images(lay, args.ind, cfg.tag, "train")
-    test_x, test_y, _ = load_images(lay, args.ind, cfg.tag, "test")
-    return (torch.from_numpy(train_x.copy()), torch.from_numpy(train_y)), (test_x, test_y)
-
-
 def main(args):
     rank, world = distributed()
     device = resolve_device(args.device)
@@ -43,7 +33,7 @@ def main(args):
         device = torch.device("cuda", rank % torch.cuda.device_count())
     cfg = train_config(args, get_recipe(args.model))
     out = args.out or Path("checkpoints") / f"{args.ind}-{args.model}-{cfg.schedule}"
-    train, test = load_split_tensors(args, layout(args))
+    train, test = load_splits(data_config(args, oods=[]), layout(args))
     model = create_model(args.model, NUM_CLASSES[args.ind])
     if rank == 0:
         print(f"{args.model} on {args.ind}: {len(train[0])} train / {len(test[0])} test images, {device}, "

@@ -138,3 +138,10 @@ def train_config(args, recipe: dict):
         schedule=args.schedule, milestones=pick(args.milestones, "milestones"), step_size=step_size,
         gamma=pick(args.lr_gamma, "gamma", 0.1), nesterov=args.nesterov or onecycle, amp=args.amp, seed=args.seed,
         keep_best=args.keep_best, compile=args.compile, max_batches=args.max_batches)
+
+
+def add_baseline_args(parser: argparse.ArgumentParser) -> None:
+    from .pipeline import BASELINES
+    parser.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES),
+                        help="post-hoc baselines reported beside LA-OOD (default: all; ODIN only where "
+                             "save_inter_outputs.py --odin stored its scores); give none to skip them")

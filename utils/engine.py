@@ -71,6 +71,20 @@ def distributed() -> Tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def load_splits(cfg, layout):
+    """``((train images, labels) as tensors, (test images, labels) as arrays)`` of the in-distribution set,
+    read through the same sources and cache as generate_datasets.py (rank 0 writes, the others wait)."""
+    from .generate import generate, load_images
+    rank, world = distributed()
+    if rank == 0:
+        generate(cfg, layout, log=lambda _: None)
+    if world > 1:
+        dist.barrier()
+    train_x, train_y, _ = load_images(layout, cfg.ind, cfg.tag, "train")
+    test_x, test_y, _ = load_images(layout, cfg.ind, cfg.tag, "test")
+    return (torch.from_numpy(np.array(train_x)), torch.from_numpy(train_y)), (test_x, test_y)
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 

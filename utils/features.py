@@ -51,25 +51,35 @@ def extract(model, images: np.ndarray, out: Path, device: torch.device, batch_si
 
 
 def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, names: Sequence[str],
-                  device: torch.device, batch_size: int = 256, force: bool = False, log=print) -> Path:
-    """Features of every set in ``names`` under the run directory; sets already complete are kept."""
+                  device: torch.device, batch_size: int = 256, force: bool = False, odin: bool = False,
+                  log=print) -> Path:
+    """Features of every set in ``names`` under the run directory; sets already complete are kept.
+
+    ``odin`` also stores each image's ODIN score (it needs the model and an input gradient, so it is
+    computed here rather than from saved features)."""
     run = layout.run(ind, model.arch, ckpt_sha, tag)
     for name in names:
-        images, _, image_manifest = load_images(layout, ind, tag, name)
+        images, labels, image_manifest = load_images(layout, ind, tag, name)
         settings = {"checkpoint_sha256": ckpt_sha, "arch": model.arch, "images": image_manifest["settings"],
-                    "taps": model.num_taps, "normalisation": "imagenet"}
+                    "taps": model.num_taps, "normalisation": "imagenet", "odin": odin}
         out = layout.features(run, name)
         if is_complete(out, settings) and not force:
             log(f"{name}: features already complete in {out}")
             continue
         with StagingDir(out, settings, {"count": len(images), "widths": model.tap_widths}) as tmp:
             extract(model, images, tmp, device, batch_size, desc=name)
+            np.save(tmp / "labels.npy", labels)
+            if odin:
+                from .baselines import odin as odin_scores
+                np.save(tmp / "odin.npy", odin_scores(model, images, device, batch_size=batch_size,
+                                                      progress=f"{name} ODIN"))
         log(f"{name}: {len(images)} images x {model.num_taps} layers -> {out}")
     return run
 
 
 def load_features(run: Path, name: str, expect_sha: Optional[str] = None) -> Dict[str, object]:
-    """Memory-mapped features of one set: ``{'layers': [...], 'logits', 'penultimate', 'manifest'}``."""
+    """Memory-mapped features of one set: ``{'layers': [...], 'logits', 'penultimate', 'labels', 'manifest'}``
+    and ``'odin'`` where it was computed."""
     d = Layout.features(run, name)
     manifest = read_json(d / MANIFEST)
     if manifest is None:
@@ -79,5 +89,9 @@ def load_features(run: Path, name: str, expect_sha: Optional[str] = None) -> Dic
                          f"({manifest['settings']['checkpoint_sha256'][:8]}, expected {expect_sha[:8]})")
     layers: List[np.ndarray] = [np.load(d / layer_file(i, "npy"), mmap_mode="r")
                                 for i in range(manifest["settings"]["taps"])]
-    return {"layers": layers, "logits": np.load(d / "logits.npy", mmap_mode="r"),
-            "penultimate": np.load(d / "penultimate.npy", mmap_mode="r"), "manifest": manifest}
+    out = {"layers": layers, "logits": np.load(d / "logits.npy", mmap_mode="r"),
+           "penultimate": np.load(d / "penultimate.npy", mmap_mode="r"), "labels": np.load(d / "labels.npy"),
+           "manifest": manifest}
+    if (d / "odin.npy").exists():
+        out["odin"] = np.load(d / "odin.npy")
+    return out

@@ -1,5 +1,4 @@
 """Stages 3 and 4: fit the per-layer detectors and score every OOD set (behind the scripts)."""
-import json
 import platform
 import time
 from pathlib import Path
@@ -89,9 +88,42 @@ def layer_table(ind: np.ndarray, ood: np.ndarray) -> List[Dict]:
     return rows
 
 
+BASELINES = ("MSP", "ODIN", "Energy", "Mahalanobis", "KNN")
+
+
+def baseline_scores(train: Dict, sets: Dict[str, Dict], which: Sequence[str]) -> Dict[str, Dict[str, np.ndarray]]:
+    """``{method: {set: scores}}`` of the post-hoc baselines, from the saved logits and penultimate features.
+
+    Mahalanobis and KNN are fitted on the in-distribution train features; ODIN needs scores stored by
+    ``save_inter_outputs.py --odin`` and is left out (with a note) where they are missing.
+    """
+    from .baselines import KNN, Mahalanobis, energy, msp
+    out: Dict[str, Dict[str, np.ndarray]] = {}
+    if "MSP" in which:
+        out["MSP"] = {n: msp(f["logits"]) for n, f in sets.items()}
+    if "ODIN" in which:
+        if all("odin" in f for f in sets.values()):
+            out["ODIN"] = {n: f["odin"] for n, f in sets.items()}
+        else:
+            print("ODIN left out: its scores were not saved (run save_inter_outputs.py --odin)")
+    if "Energy" in which:
+        out["Energy"] = {n: energy(f["logits"]) for n, f in sets.items()}
+    if "Mahalanobis" in which:
+        maha = Mahalanobis().fit(train["penultimate"], train["labels"])
+        out["Mahalanobis"] = {n: maha.score(f["penultimate"]) for n, f in sets.items()}
+    if "KNN" in which:
+        knn = KNN(k=50).fit(train["penultimate"])
+        out["KNN"] = {n: knn.score(f["penultimate"]) for n, f in sets.items()}
+    return out
+
+
 def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_jobs: int = 1,
-           log=print, record: Optional[Dict] = None) -> List[Dict]:
-    """Score the test split and every OOD set; write per-set tables, the summary and a run record."""
+           baselines: Sequence[str] = (), log=print, record: Optional[Dict] = None) -> List[Dict]:
+    """Score the test split and every OOD set; write per-set tables, the summary and a run record.
+
+    The summary has one row per OOD set and method: LA-OOD, the best single layer (an oracle: chosen
+    with the OOD labels) and any ``baselines``, all on the same balanced comparisons.
+    """
     start = time.time()
     test = load_features(run, "test")
     sha = test["manifest"]["settings"]["checkpoint_sha256"]
@@ -101,33 +133,34 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
         raise ValueError(f"no OOD sets to score in {run / 'features'}; generate and save some first")
     oods = {name: load_features(run, name, expect_sha=sha) for name in ood_names}
     out = Layout.results(run, la.detector, la.seed)
-    ind_scores = la.score_layers(test["layers"])
-    scores = {name: la.score_layers(f["layers"]) for name, f in oods.items()}
+    scores = {name: la.score_layers(f["layers"]) for name, f in {"test": test, **oods}.items()}
+    others = baseline_scores(load_features(run, "train"), {"test": test, **oods}, baselines) if baselines else {}
+    ind_scores = scores["test"]
     summary, tables = [], {}
-    for name, ood_scores in scores.items():
-        i_idx, o_idx = balanced_indices(len(ind_scores), len(ood_scores), seed)
-        tables[name] = layer_table(ind_scores[i_idx], ood_scores[o_idx])
-        summary.append({"ood": name, "n": len(i_idx), **_pick(tables[name][-1]),
-                        "oracle_layer": tables[name][-2]["row"].split()[-1].rstrip(")"),
-                        "oracle_auroc": tables[name][-2]["auroc"]})
-    all_ood = np.concatenate(list(scores.values()))
-    tables["combined"] = layer_table(ind_scores, all_ood)
-    summary.append({"ood": "combined", "n": f"{len(ind_scores)}+{len(all_ood)}", **_pick(tables["combined"][-1]),
-                    "oracle_layer": tables["combined"][-2]["row"].split()[-1].rstrip(")"),
-                    "oracle_auroc": tables["combined"][-2]["auroc"]})
+    comparisons = [(name, *balanced_indices(len(ind_scores), len(scores[name]), seed)) for name in oods]
+    comparisons.append(("combined", np.arange(len(ind_scores)), None))
+    for name, i_idx, o_idx in comparisons:
+        pick = (lambda s: np.concatenate([s[n] for n in oods])) if o_idx is None else (lambda s: s[name][o_idx])  # noqa
+        tables[name] = layer_table(ind_scores[i_idx], pick(scores))
+        n = f"{len(i_idx)}+{len(pick(scores))}" if o_idx is None else len(i_idx)
+        la_row, oracle = tables[name][-1], tables[name][-2]
+        summary.append({"ood": name, "method": "LA-OOD", "n": n, **_pick(la_row)})
+        summary.append({"ood": name, "method": oracle["row"].replace("best single layer ", "best layer "), "n": n,
+                        **_pick(oracle)})
+        for method, s in others.items():
+            summary.append({"ood": name, "method": method, "n": n,
+                            **ood_metrics(s["test"][i_idx], pick(s))})
     for name, rows in tables.items():
         write_csv(out / f"{name}.csv", rows)
-    save_npy(out / "scores" / "test.npy", ind_scores.astype(np.float32))
     for name, s in scores.items():
         save_npy(out / "scores" / f"{name}.npy", s.astype(np.float32))
     write_csv(out / "summary.csv", summary)
-    md = format_table(summary)
-    write_text(out / "summary.md", md)
+    write_text(out / "summary.md", format_table(summary))
     write_json(out / "run.json", {
         "checkpoint_sha256": sha, "features": str(run), "detectors": str(det_dir), "eval_seed": seed,
         "sets": {n: f["manifest"]["settings"]["images"] for n, f in {"test": test, **oods}.items()},
         "counts": {n: len(f["logits"]) for n, f in {"test": test, **oods}.items()},
-        "detector_settings": read_json(Path(det_dir) / MANIFEST)["settings"],
+        "detector_settings": read_json(Path(det_dir) / MANIFEST)["settings"], "baselines": list(others),
         "detect_seconds": time.time() - start, "versions": package_versions(), **(record or {})})
     log(f"results -> {out}")
     return summary

@@ -1,0 +1,26 @@
+"""The shared checkpoints, loaded strictly through the package, reach their stated float32 test accuracy."""
+import pytest
+import torch
+
+from conftest import CHECKPOINTS, DATA, need
+from models import load_model
+from utils.data import find_source, load_subset
+from utils.engine import evaluate
+
+
+@pytest.fixture(scope="module")
+def cifar10_test():
+    source, missing = find_source("cifar10", "test", [need(DATA)])
+    assert source is not None, missing
+    return load_subset(source, None, seed=0)
+
+
+@pytest.mark.parametrize("file,arch,stated", [("vgg16-cifar10.pt", "vgg16", 90.18),
+                                              ("resnet20-cifar10-akamaster.th", "resnet20", 91.73),
+                                              ("resnet56-cifar10-akamaster.th", "resnet56", 93.39)])
+def test_stated_accuracy_within_a_tenth_of_a_point(cifar10_test, file, arch, stated):
+    images, labels = cifar10_test
+    assert len(images) == 10000
+    model = load_model(need(CHECKPOINTS / file), arch, 10)
+    acc = evaluate(model, images, labels, torch.device("cpu"), amp="off")["test_acc"]
+    assert abs(acc - stated) <= 0.1, f"{arch}: {acc:.2f}% measured, {stated}% stated"

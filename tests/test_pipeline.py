@@ -1,0 +1,121 @@
+"""Stage scripts end to end on real data (small), reuse by content hash, and clear errors on bad input."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import detect_oods
+import generate_datasets
+import run_pipeline
+import save_inter_outputs
+import train_ood_detectors
+from conftest import CHECKPOINTS, DATA, need
+from models import load_model
+from utils.data import to_input
+from utils.features import extract, load_features
+
+SMALL = ["--max-train", "600", "--max-test", "300", "--max-ood", "300"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """The four stage scripts, in order, with the shared ResNet-20 on small real subsets."""
+    root = tmp_path_factory.mktemp("run")
+    common = ["--source-root", str(need(DATA)), "--data-root", str(root / "gen"), *SMALL]
+    model = ["--checkpoint", str(need(CHECKPOINTS / "resnet20-cifar10-akamaster.th")), "--model", "resnet20",
+             "--runs-root", str(root / "runs")]
+    gen = generate_datasets.main(generate_datasets.get_args_parser().parse_args(
+        common + ["--ood", "dtd", "pure_color"]))
+    run = save_inter_outputs.main(save_inter_outputs.get_args_parser().parse_args(common + model + ["--batch-size", "128"]))
+    det = train_ood_detectors.main(train_ood_detectors.get_args_parser().parse_args(
+        common + model + ["--jobs", "2", "--gammas", "0.01", "0.05", "0.1"]))
+    summary = detect_oods.main(detect_oods.get_args_parser().parse_args(common + model + ["--jobs", "2"]))
+    return {"root": root, "common": common, "model": model, "gen": gen, "run": run, "det": det, "summary": summary}
+
+
+def test_stages_write_what_the_next_reads(small_run):
+    assert set(small_run["gen"]) == {"train", "test", "dtd", "pure_color"}
+    run = small_run["run"]
+    train = load_features(run, "train")
+    assert len(train["layers"]) == 20 and train["layers"][0].shape == (600, 16)
+    assert train["layers"][0].dtype == np.float32 and isinstance(train["layers"][0], np.memmap)
+    assert len(list(small_run["det"].glob("layer_*.joblib"))) == 20
+    assert (small_run["det"] / "selection.csv").exists()
+    rows = {r["ood"]: r for r in small_run["summary"] if r["method"] == "LA-OOD"}
+    assert set(rows) == {"dtd", "pure_color", "combined"}
+    assert rows["pure_color"]["auroc"] > 90            # far-OOD: flat colours are easy for every layer
+    assert rows["dtd"]["n"] == 300 and rows["combined"]["n"] == "300+600"
+    res = run / "results" / "ocsvm-seed0"
+    per_set = (res / "dtd.csv").read_text().splitlines()
+    assert len(per_set) == 1 + 20 + 2 and per_set[-1].startswith("LA-OOD")
+    record = json.loads((res / "run.json").read_text())
+    assert record["checkpoint_sha256"].startswith(run.parent.name.split("-")[1])
+    assert "dtd" in record["sets"] and record["counts"]["test"] == 300
+    assert not list(run.rglob("*.partial")) and not list(run.rglob("*.tmp"))
+
+
+def test_extracted_features_equal_a_plain_forward(small_run, tmp_path):
+    model = load_model(CHECKPOINTS / "resnet20-cifar10-akamaster.th", "resnet20")
+    images = np.load(small_run["root"] / "gen" / "cifar10" / small_run["run"].name / "test" / "images.npy")[:40]
+    extract(model, images, tmp_path, torch.device("cpu"), batch_size=16)
+    with torch.no_grad():
+        x = to_input(images)
+        expected_first = model.conv1(x).mean(dim=(2, 3))
+        expected_logits = model(x)
+    np.testing.assert_allclose(np.load(tmp_path / "layer_000.npy"), expected_first.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "layer_019.npy"), expected_logits.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected_logits.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_rerun_reuses_and_force_recomputes(small_run, capsys):
+    args = save_inter_outputs.get_args_parser().parse_args(small_run["common"] + small_run["model"])
+    save_inter_outputs.main(args)
+    assert capsys.readouterr().out.count("already complete") == 4
+
+
+def test_bad_inputs(small_run, tmp_path):
+    common, model = small_run["common"], small_run["model"]
+    parse = detect_oods.get_args_parser().parse_args
+    # Features missing for a set.
+    with pytest.raises(FileNotFoundError, match="no features for set 'svhn'"):
+        detect_oods.main(parse(common + model + ["--ood", "svhn"]))
+    # Detectors made for another checkpoint: copy the run under another checkpoint's hash.
+    other = tmp_path / "other.th"
+    shutil.copy(CHECKPOINTS / "resnet20-cifar10-akamaster.th", other)
+    with open(other, "ab") as f:
+        f.write(b"\0")                                  # same weights file, different bytes
+    with pytest.raises(FileNotFoundError, match="no features for set 'test'"):
+        detect_oods.main(parse(common + ["--checkpoint", str(other), "--model", "resnet20",
+                                         "--runs-root", model[-1]]))
+    run = small_run["run"]
+    forged = run.parent.parent / "resnet20-ffffffff" / run.name
+    shutil.copytree(run, forged)
+    from utils.pipeline import detect, load_detectors
+    manifest = forged / "features" / "test" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["settings"]["checkpoint_sha256"] = "f" * 64
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="fitted on features of another checkpoint"):
+        detect(forged, forged / "detectors" / "ocsvm-seed0", ["dtd"], log=lambda _: None)
+    # A detector missing for a layer.
+    (forged / "detectors" / "ocsvm-seed0" / "layer_007.joblib").unlink()
+    with pytest.raises(FileNotFoundError, match="detector of layer 7 is missing"):
+        load_detectors(forged / "detectors" / "ocsvm-seed0")
+    # Unknown model or set names fail at parse time.
+    for bad in (["--model", "vgg19"], ["--ind", "svhn"], ["--detector", "lof"]):
+        with pytest.raises(SystemExit):
+            parse(common + model + bad)
+    with pytest.raises(SystemExit):
+        run_pipeline.get_args_parser().parse_args(["--checkpoint", "x", "--ood", "imagenet"])
+    # Features with NaN.
+    from utils.pipeline import train_detectors
+    from utils.detectors import LAOOD
+    layer = np.load(forged / "features" / "train" / "layer_003.npy")
+    layer[5, 2] = np.nan
+    np.save(forged / "features" / "train" / "layer_003.npy", layer)
+    before = sorted(p.name for p in (forged / "detectors").iterdir())
+    with pytest.raises(ValueError, match="NaN"):
+        train_detectors(forged, LAOOD(gammas=(0.05,), seed=7, n_jobs=1), log=lambda _: None)
+    assert sorted(p.name for p in (forged / "detectors").iterdir()) == before   # nothing half written
