@@ -18,11 +18,11 @@ from .data import IMAGENET_STD, to_input
 
 
 def msp(logits: np.ndarray) -> np.ndarray:
-    return -torch.softmax(torch.as_tensor(np.asarray(logits), dtype=torch.float64), 1).max(1).values.numpy()
+    return -torch.softmax(torch.tensor(np.asarray(logits), dtype=torch.float64), 1).max(1).values.numpy()
 
 
 def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    z = torch.tensor(np.asarray(logits), dtype=torch.float64)
     return (-temperature * torch.logsumexp(z / temperature, 1)).numpy()
 
 

@@ -152,6 +152,7 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
                             **ood_metrics(s["test"][i_idx], pick(s))})
     for name, rows in tables.items():
         write_csv(out / f"{name}.csv", rows)
+    _plot(out, tables, scores, others, comparisons, oods)
     for name, s in scores.items():
         save_npy(out / "scores" / f"{name}.npy", s.astype(np.float32))
     write_csv(out / "summary.csv", summary)
@@ -164,6 +165,21 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
         "detect_seconds": time.time() - start, "versions": package_versions(), **(record or {})})
     log(f"results -> {out}")
     return summary
+
+
+def _plot(out: Path, tables, scores, others, comparisons, oods) -> None:
+    """Per-layer AUROC, argmax counts, score histograms and ROC curves, as PNG beside the tables."""
+    from . import plots
+    per_set = {n: rows for n, rows in tables.items() if n != "combined"}
+    plots.per_layer_auroc(per_set, out / "per_layer_auroc.png")
+    plots.argmax_counts(per_set, out / "argmax_counts.png")
+    plots.histograms(scores["test"].max(1), {n: scores[n].max(1) for n in oods}, out / "histograms.png")
+    for name, i_idx, o_idx in comparisons:
+        if o_idx is None:
+            continue
+        curves = {"LA-OOD": (scores["test"].max(1)[i_idx], scores[name].max(1)[o_idx])}
+        curves.update({m: (s["test"][i_idx], s[name][o_idx]) for m, s in others.items()})
+        plots.roc_curves(curves, out / f"roc_{name}.png", f"ROC: {name}")
 
 
 def _pick(row: Dict) -> Dict:
