@@ -40,7 +40,7 @@ def get_args_parser():
 def main(args):
     device = resolve_device(args.device)
     run, arch, sha = locate_run(args)
-    det_dir = args.detectors or Layout.detectors(run, "ocsvm", args.seed)
+    det_dir = args.detectors or Layout.detectors(run, Layout.detector_tag("ocsvm", args.seed))
     detectors = load_detectors(det_dir, expect_sha=sha).detectors_
     model = load_model(args.checkpoint, arch, NUM_CLASSES[args.ind]).to(device)
     per_batch = args.layers_per_batch or (model.num_taps if model.num_taps <= 13 else 10)

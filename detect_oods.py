@@ -5,7 +5,8 @@
 import argparse
 import sys
 
-from utils.cli import add_baseline_args, add_data_args, add_detector_args, add_model_args, layout, locate_run
+from utils.cli import (add_baseline_args, add_data_args, add_detector_args, add_model_args, la_ood, layout,
+                       locate_run)
 from utils.generate import generated_sets
 from utils.io import format_table
 from utils.paths import Layout
@@ -24,11 +25,12 @@ def get_args_parser():
 
 
 def main(args):
-    run, _, _ = locate_run(args)
+    run, arch, _ = locate_run(args)
     names = args.ood or [n for n in generated_sets(layout(args), args.ind, run.name)
                          if (Layout.features(run, n) / "manifest.json").exists()]
-    summary = detect(run, Layout.detectors(run, args.detector, args.seed), names, seed=args.seed, n_jobs=args.jobs,
-                     baselines=args.baselines)
+    summary = detect(run, Layout.detectors(run, la_ood(args, arch).tag), names, seed=args.seed, n_jobs=args.jobs,
+                     baselines=args.baselines, exit_threshold=args.exit_threshold,
+                     exit_k=args.exit_k)
     print(format_table(summary))
     return summary
 

@@ -54,16 +54,18 @@ def main(args):
     model, sha = open_backbone(args.checkpoint, args.ind, args.model, device)
     run = save_features(model, sha, lay, args.ind, cfg.tag, list(sets), device, args.batch_size, odin=args.odin)
     timings["features_s"], t = time.time() - t, time.time()
-    det_dir = train_detectors(run, la_ood(args, model.arch))
+    la = la_ood(args, model.arch)
+    det_dir = train_detectors(run, la)
     timings["detectors_s"], t = time.time() - t, time.time()
     oods = [name for name in sets if name not in ("train", "test")]
-    summary = detect(run, det_dir, oods, seed=args.seed, n_jobs=args.jobs, baselines=args.baselines,
+    summary = detect(run, det_dir, oods, seed=args.seed, n_jobs=args.jobs, baselines=args.baselines, exit_threshold=args.exit_threshold,
+                     exit_k=args.exit_k,
                      record={"stage_seconds": timings})
     timings["detect_s"] = time.time() - t
     print(f"\n{model.arch} on {args.ind} ({sha[:8]}), {cfg.tag}, detector {args.detector}\n")
     print(format_table(summary))
     print("stage seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in timings.items())
-          + f"; results in {Layout.results(run, args.detector, args.seed)}")
+          + f"; results in {Layout.results(run, la.tag)}")
     return summary
 
 

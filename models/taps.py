@@ -5,7 +5,7 @@ LA-OOD's layers (``tap_names``) and its classification head (``head_name``). Eac
 averaged over its spatial dimensions on the device, so only an ``(N, C)`` matrix per layer ever leaves
 the forward pass. The same call works under ``torch.no_grad`` and with gradients (co-training).
 """
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -38,6 +38,36 @@ class TappedModel(nn.Module):
     def tap_widths(self) -> List[int]:
         """Channels (or units) of every tap: the width of its pooled feature vector."""
         return [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in self.tap_modules]
+
+    @torch.no_grad()
+    def tap_macs(self, input_size=(1, 3, 32, 32)) -> Tuple[List[int], int]:
+        """Multiply-accumulates of one image up to and including each tap, and of the whole network.
+
+        Counts every convolution and linear layer in execution order (the rest is negligible), so
+        ``cumulative[i] / total`` is the share of the network an early exit at tap ``i`` spends.
+        """
+        executed: List[Tuple[nn.Module, int]] = []
+
+        def hook(module, inputs, out):
+            if isinstance(module, nn.Conv2d):
+                macs = out[0].numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            else:
+                macs = module.in_features * module.out_features
+            executed.append((module, macs))
+
+        handles = [m.register_forward_hook(hook) for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        was_training = self.training
+        try:
+            self.eval()(torch.zeros(input_size, device=next(self.parameters()).device))
+        finally:
+            self.train(was_training)
+            for h in handles:
+                h.remove()
+        running, position = 0, {}
+        for module, macs in executed:
+            running += macs
+            position[id(module)] = running
+        return [position[id(m)] for m in self.tap_modules], running
 
     def forward_intermediates(self, x: torch.Tensor, layers: Optional[List[int]] = None,
                               penultimate: bool = False) -> Intermediates:

@@ -107,3 +107,30 @@ def test_balanced_indices_are_random_not_first():
     i, o = balanced_indices(1000, 300, seed=0)
     assert len(i) == len(o) == 300 and np.array_equal(o, np.arange(300))
     assert not np.array_equal(i, np.arange(300)) and len(set(i)) == 300
+
+
+def test_calibrated_maximum_standardises_each_layer():
+    from utils.detectors import Calibration
+    held_out = np.array([[0.0, 100.0], [2.0, 300.0]])          # layer 2 lives on a 100x larger scale
+    cal = Calibration.fit(held_out)
+    np.testing.assert_allclose(cal.mean, [1.0, 200.0])
+    np.testing.assert_allclose(cal.std, [1.0, 100.0])
+    scores = np.array([[4.0, 250.0], [1.0, 600.0]])
+    np.testing.assert_allclose(cal.max_z(scores), [3.0, 4.0])  # raw max would pick layer 2 for both
+
+
+def test_early_exit_bookkeeping():
+    from utils.detectors import Calibration, early_exit, exit_cost
+    cal = Calibration(np.zeros(4), np.ones(4))                  # z = raw score; Phi(z) > 0.99 iff z > 2.326
+    scores = np.array([
+        [3.0, 3.0, 0.0, 0.0],     # stops at layer 2 (two exceedances in a row)
+        [3.0, 0.0, 0.0, 3.0],     # stops at layer 4 (counted cumulatively, not in a row)
+        [0.0, 3.0, 3.0, 0.0],     # stops at layer 3
+        [3.0, 0.0, 0.0, 0.0],     # one exceedance: never stops, gets the full calibrated score
+        [0.0, 0.0, 0.0, 1.0],     # never stops
+    ])
+    score, stop = early_exit(scores, cal, threshold=0.99, k=2)
+    assert stop.tolist() == [1, 3, 2, -1, -1]
+    assert score[0] > score[2] > score[1] > score[3] > score[4]  # earlier stops first, then by score
+    # MACs: layer i ends at cumulative 10, 20, 60, 100 of 100.
+    assert exit_cost(stop, [10, 20, 60, 100], 100) == pytest.approx((0.2 + 1.0 + 0.6 + 1.0 + 1.0) / 5)

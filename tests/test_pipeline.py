@@ -119,3 +119,17 @@ def test_bad_inputs(small_run, tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         train_detectors(forged, LAOOD(gammas=(0.05,), seed=7, n_jobs=1), log=lambda _: None)
     assert sorted(p.name for p in (forged / "detectors").iterdir()) == before   # nothing half written
+
+
+def test_calibrated_detectors_add_the_calibrated_maximum_and_early_exit(small_run):
+    common, model = small_run["common"], small_run["model"]
+    extra = ["--jobs", "2", "--gammas", "0.01", "0.05", "0.1", "--calibration-size", "150"]
+    det = train_ood_detectors.main(train_ood_detectors.get_args_parser().parse_args(common + model + extra))
+    assert det.name == "ocsvm-cal150-seed0" and (det / "calibration.json").exists()
+    summary = detect_oods.main(detect_oods.get_args_parser().parse_args(common + model + extra))
+    methods = {r["method"] for r in summary if r["ood"] == "dtd"}
+    assert {"LA-OOD", "LA-OOD (calibrated)", "early exit (p>0.99 at 2 layers)", "MSP", "KNN"} <= methods
+    exits = (small_run["run"] / "results" / "ocsvm-cal150-seed0" / "early_exit.csv").read_text().splitlines()
+    assert exits[0].startswith("set,stopped_pct,mac_fraction") and len(exits) == 1 + 3   # test, dtd, pure_color
+    for line in exits[1:]:
+        assert 0 < float(line.split(",")[2]) <= 1

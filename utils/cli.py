@@ -83,12 +83,17 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-prune", action="store_true",
                    help="try every gamma of the grid instead of stopping once larger ones cannot win")
     g.add_argument("--jobs", type=int, default=-1, help="layers fitted / scored in parallel (-1: all cores)")
+    g.add_argument("--calibration-size", type=int, default=0,
+                   help="hold this many seeded train images back from the detectors to calibrate each layer's "
+                        "score (adds the calibrated maximum and early exit to the tables); 0: off, as the original")
+    g.add_argument("--exit-threshold", type=float, default=0.99, help="early exit: calibrated OOD probability to exceed")
+    g.add_argument("--exit-k", type=int, default=2, help="early exit: layers at which it must be exceeded")
 
 
 def la_ood(args, arch: str) -> LAOOD:
     gammas = tuple(args.gammas) if args.gammas else GAMMA_GRIDS.get(arch, GAMMAS)
     return LAOOD(detector=args.detector, gammas=gammas, nu=args.nu, seed=args.seed, select_size=args.select_size,
-                 prune=not args.no_prune, n_jobs=args.jobs)
+                 prune=not args.no_prune, n_jobs=args.jobs, calibration_size=args.calibration_size)
 
 
 def locate_run(args):

@@ -165,6 +165,10 @@ class LAOOD:
 
     >>> la = LAOOD(detector="ocsvm", n_jobs=2).fit(train_layers)   # a list of (N, d_l) arrays
     >>> scores = la.score(test_layers)                              # (N,), larger = more OOD
+
+    With ``calibration_size`` > 0, ``fit_calibrated`` holds that many train images back from the detectors
+    and measures each layer's score distribution on them (``calibration_``), for the calibrated maximum
+    and early exit.
     """
     detector: str = "ocsvm"
     gammas: Sequence[float] = GAMMAS
@@ -174,7 +178,9 @@ class LAOOD:
     prune: bool = True
     n_jobs: int = 1
     cache_size: float = 1000
+    calibration_size: int = 0
     detectors_: List[Pipeline] = field(default_factory=list, repr=False)
+    calibration_: Optional["Calibration"] = field(default=None, repr=False)
     records_: List[Dict] = field(default_factory=list, repr=False)
 
     def fit(self, layers: Sequence[np.ndarray], progress: bool = True) -> "LAOOD":
@@ -192,6 +198,24 @@ class LAOOD:
         self.records_ = [dict(layer=i, **fitted[i][1]) for i in range(len(layers))]
         return self
 
+    @property
+    def tag(self) -> str:
+        """Names the directories of these detectors and their results (see utils/paths.py)."""
+        from .paths import Layout
+        return Layout.detector_tag(self.detector, self.seed, self.calibration_size)
+
+    def fit_calibrated(self, layers: Sequence[np.ndarray], progress: bool = True) -> "LAOOD":
+        """Hold back ``calibration_size`` seeded train images, fit on the rest, calibrate on the held-back."""
+        n = len(layers[0])
+        if not 0 < self.calibration_size < n:
+            raise ValueError(f"calibration_size must lie between 0 and the {n} train images, "
+                             f"not {self.calibration_size}")
+        perm = np.random.default_rng(self.seed).permutation(n)
+        held, kept = np.sort(perm[:self.calibration_size]), np.sort(perm[self.calibration_size:])
+        self.fit([np.asarray(X[kept]) for X in layers], progress)
+        self.calibration_ = Calibration.fit(self.score_layers([np.asarray(X[held]) for X in layers]))
+        return self
+
     def score_layers(self, layers: Sequence[np.ndarray]) -> np.ndarray:
         """``(N, L)`` OOD scores of every layer."""
         from joblib import Parallel, delayed
@@ -203,3 +227,52 @@ class LAOOD:
     def score(self, layers: Sequence[np.ndarray]) -> np.ndarray:
         """The LA-OOD score: the maximum over layers of the per-layer OOD scores."""
         return self.score_layers(layers).max(axis=1)
+
+
+# ----------------------------------------------------------------------------- calibration and early exit
+
+@dataclass
+class Calibration:
+    """Per-layer mean and spread of the OOD scores of in-distribution images the detectors never saw."""
+    mean: np.ndarray   # (L,)
+    std: np.ndarray    # (L,)
+
+    @classmethod
+    def fit(cls, layer_scores: np.ndarray) -> "Calibration":
+        std = layer_scores.std(axis=0)
+        return cls(layer_scores.mean(axis=0), np.where(std > 0, std, 1.0))
+
+    def z(self, layer_scores: np.ndarray) -> np.ndarray:
+        return (layer_scores - self.mean) / self.std
+
+    def max_z(self, layer_scores: np.ndarray) -> np.ndarray:
+        """Calibrated LA-OOD: the maximum over layers of the standardised per-layer scores."""
+        return self.z(layer_scores).max(axis=1)
+
+
+def early_exit(layer_scores: np.ndarray, calib: Calibration, threshold: float = 0.99, k: int = 2):
+    """Layer-adaptive inference in the manner of ES-OOD (2024): walk the layers in network order and stop,
+    flagging the image as OOD, once its calibrated OOD probability ``Phi(z)`` has exceeded ``threshold`` at
+    ``k`` layers (counted cumulatively, not necessarily in a row).
+
+    Returns ``(score, stop)``: ``stop`` is the 0-based layer where an image stopped, or -1 if it never did;
+    stopped images rank above every image that ran to the end, earlier stops above later ones, and ties
+    within a group are broken by the calibrated LA-OOD score seen so far. Images that never stop get the
+    full calibrated LA-OOD score.
+    """
+    from scipy.stats import norm
+    z = calib.z(layer_scores)
+    n, n_layers = z.shape
+    hits = np.cumsum(norm.cdf(z) > threshold, axis=1)          # (N, L) exceedances so far
+    stopped = hits[:, -1] >= k
+    stop = np.where(stopped, np.argmax(hits >= k, axis=1), -1)
+    running_max = np.maximum.accumulate(z, axis=1)
+    tiebreak = np.tanh(running_max[np.arange(n), np.where(stopped, stop, n_layers - 1)] / 10)   # in (-1, 1)
+    score = np.where(stopped, 3.0 * (n_layers - stop) + tiebreak, tiebreak)
+    return score, stop
+
+
+def exit_cost(stop: np.ndarray, cumulative_macs: Sequence[int], total_macs: int) -> float:
+    """Mean fraction of the network's multiply-accumulates spent per image (1 for images that never stop)."""
+    frac = np.asarray(cumulative_macs, dtype=float) / total_macs
+    return float(np.where(stop >= 0, frac[np.clip(stop, 0, None)], 1.0).mean())

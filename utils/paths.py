@@ -4,8 +4,9 @@
     runs/<ind>/<model>-<ckpt sha[:8]>/<data tag>/
         features/<set>/                               layer_000.npy ... (N, width float32), logits.npy,
                                                       penultimate.npy, manifest.json
-        detectors/<detector>-seed<s>/                 layer_000.joblib ..., selection.csv, manifest.json
-        results/<detector>-seed<s>/                   <ood set>.csv, summary.csv, summary.md, run.json
+        detectors/<detector>[-cal<n>]-seed<s>/        layer_000.joblib ..., selection.csv, [calibration.json,]
+                                                      manifest.json
+        results/<detector>[-cal<n>]-seed<s>/          <ood set>.csv, summary.csv, summary.md, run.json, *.png
 
 ``<set>`` is ``train`` and ``test`` for the in-distribution splits and the OOD set's name otherwise.
 The data tag names the subset sizes and seed, and the checkpoint's content hash names the run, so
@@ -46,9 +47,13 @@ class Layout:
         return Path(run) / "features" / name
 
     @staticmethod
-    def detectors(run: Path, detector: str, seed: int) -> Path:
-        return Path(run) / "detectors" / f"{detector}-seed{seed}"
+    def detector_tag(detector: str, seed: int, calibration_size: int = 0) -> str:
+        return f"{detector}{f'-cal{calibration_size}' if calibration_size else ''}-seed{seed}"
 
     @staticmethod
-    def results(run: Path, detector: str, seed: int) -> Path:
-        return Path(run) / "results" / f"{detector}-seed{seed}"
+    def detectors(run: Path, tag: str) -> Path:
+        return Path(run) / "detectors" / tag
+
+    @staticmethod
+    def results(run: Path, tag: str) -> Path:
+        return Path(run) / "results" / tag

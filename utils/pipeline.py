@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 import joblib
 import numpy as np
 
-from .detectors import LAOOD
+from .detectors import LAOOD, Calibration, early_exit, exit_cost
 from .features import load_features
 from .io import MANIFEST, StagingDir, format_table, is_complete, read_json, save_npy, write_csv, write_json, \
     write_text
@@ -17,7 +17,8 @@ from .paths import Layout, layer_file
 
 def detector_settings(run_manifest_sha: str, la: LAOOD, n_train: int) -> Dict:
     return {"checkpoint_sha256": run_manifest_sha, "detector": la.detector, "gammas": list(la.gammas),
-            "nu": la.nu, "seed": la.seed, "select_size": la.select_size, "prune": la.prune, "n_train": n_train}
+            "nu": la.nu, "seed": la.seed, "select_size": la.select_size, "prune": la.prune, "n_train": n_train,
+            "calibration_size": la.calibration_size}
 
 
 def train_detectors(run: Path, la: LAOOD, force: bool = False, log=print) -> Path:
@@ -25,17 +26,23 @@ def train_detectors(run: Path, la: LAOOD, force: bool = False, log=print) -> Pat
     train = load_features(run, "train")
     sha = train["manifest"]["settings"]["checkpoint_sha256"]
     settings = detector_settings(sha, la, len(train["logits"]))
-    out = Layout.detectors(run, la.detector, la.seed)
+    out = Layout.detectors(run, la.tag)
     if is_complete(out, settings) and not force:
         log(f"detectors already complete in {out}")
         return out
     start = time.time()
-    la.fit(train["layers"])
+    if la.calibration_size:
+        la.fit_calibrated(train["layers"])
+    else:
+        la.fit(train["layers"])
     seconds = time.time() - start
     with StagingDir(out, settings, {"layers": len(la.detectors_), "fit_seconds": seconds}) as tmp:
         for i, det in enumerate(la.detectors_):
             joblib.dump(det, tmp / layer_file(i, "joblib"))
         write_csv(tmp / "selection.csv", [_flat_record(r) for r in la.records_])
+        if la.calibration_ is not None:
+            write_json(tmp / "calibration.json", {"mean": la.calibration_.mean.tolist(),
+                                                  "std": la.calibration_.std.tolist()})
     log(f"{len(la.detectors_)} {la.detector} detectors fitted on {len(train['logits'])} images in {seconds:.0f}s -> {out}")
     return out
 
@@ -57,7 +64,10 @@ def load_detectors(directory: Path, expect_sha: Optional[str] = None) -> LAOOD:
         raise ValueError(f"detectors in {directory} were fitted on features of another checkpoint "
                          f"({s['checkpoint_sha256'][:8]}, expected {expect_sha[:8]}); retrain them")
     la = LAOOD(detector=s["detector"], gammas=s["gammas"], nu=s["nu"], seed=s["seed"],
-               select_size=s["select_size"], prune=s["prune"])
+               select_size=s["select_size"], prune=s["prune"], calibration_size=s.get("calibration_size", 0))
+    calib = read_json(Path(directory) / "calibration.json")
+    if calib is not None:
+        la.calibration_ = Calibration(np.array(calib["mean"]), np.array(calib["std"]))
     for i in range(manifest["layers"]):
         path = Path(directory) / layer_file(i, "joblib")
         if not path.exists():
@@ -117,12 +127,30 @@ def baseline_scores(train: Dict, sets: Dict[str, Dict], which: Sequence[str]) ->
     return out
 
 
+def calibrated_variants(la: LAOOD, scores: Dict[str, np.ndarray], arch: str, num_classes: int,
+                        threshold: float = 0.99, k: int = 2):
+    """Calibrated LA-OOD and early exit scores per set, and the early-exit table (stops and MAC cost)."""
+    from models import create_model
+    cal = la.calibration_
+    exits = {n: early_exit(s, cal, threshold, k) for n, s in scores.items()}
+    cumulative, total = create_model(arch, num_classes).tap_macs()
+    table = [{"set": n, "stopped_pct": 100 * float((stop >= 0).mean()),
+              "mac_fraction": exit_cost(stop, cumulative, total),
+              "mean_stop_layer": float(stop[stop >= 0].mean() + 1) if (stop >= 0).any() else float("nan")}
+             for n, (_, stop) in exits.items()]
+    variants = {"LA-OOD (calibrated)": {n: cal.max_z(s) for n, s in scores.items()},
+                f"early exit (p>{threshold:g} at {k} layers)": {n: e[0] for n, e in exits.items()}}
+    return variants, table
+
+
 def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_jobs: int = 1,
-           baselines: Sequence[str] = (), log=print, record: Optional[Dict] = None) -> List[Dict]:
+           baselines: Sequence[str] = (), exit_threshold: float = 0.99, exit_k: int = 2, log=print,
+           record: Optional[Dict] = None) -> List[Dict]:
     """Score the test split and every OOD set; write per-set tables, the summary and a run record.
 
     The summary has one row per OOD set and method: LA-OOD, the best single layer (an oracle: chosen
-    with the OOD labels) and any ``baselines``, all on the same balanced comparisons.
+    with the OOD labels), the calibrated maximum and early exit where the detectors were calibrated,
+    and any ``baselines``, all on the same balanced comparisons.
     """
     start = time.time()
     test = load_features(run, "test")
@@ -132,9 +160,15 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
     if not ood_names:
         raise ValueError(f"no OOD sets to score in {run / 'features'}; generate and save some first")
     oods = {name: load_features(run, name, expect_sha=sha) for name in ood_names}
-    out = Layout.results(run, la.detector, la.seed)
+    out = Layout.results(run, la.tag)
     scores = {name: la.score_layers(f["layers"]) for name, f in {"test": test, **oods}.items()}
-    others = baseline_scores(load_features(run, "train"), {"test": test, **oods}, baselines) if baselines else {}
+    others, exit_table = {}, None
+    if la.calibration_ is not None:
+        fs = test["manifest"]["settings"]
+        others, exit_table = calibrated_variants(la, scores, fs["arch"], test["logits"].shape[1], exit_threshold,
+                                                 exit_k)
+    if baselines:
+        others.update(baseline_scores(load_features(run, "train"), {"test": test, **oods}, baselines))
     ind_scores = scores["test"]
     summary, tables = [], {}
     comparisons = [(name, *balanced_indices(len(ind_scores), len(scores[name]), seed)) for name in oods]
@@ -155,6 +189,8 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
     _plot(out, tables, scores, others, comparisons, oods)
     for name, s in scores.items():
         save_npy(out / "scores" / f"{name}.npy", s.astype(np.float32))
+    if exit_table is not None:
+        write_csv(out / "early_exit.csv", exit_table)
     write_csv(out / "summary.csv", summary)
     write_text(out / "summary.md", format_table(summary))
     write_json(out / "run.json", {
