@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from models import create_model, get_recipe, list_models
+from models import create_model, get_recipe, list_models, load_model
 from utils.cli import add_data_args, add_train_args, data_config, layout, resolve_device, train_config
 from utils.data import NUM_CLASSES
-from utils.engine import distributed, fit, load_splits
+from utils.engine import distributed, evaluate, fit, load_splits
 
 
 def get_args_parser():
@@ -23,6 +23,8 @@ def get_args_parser():
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default: checkpoints/<ind>-<model>-<schedule>)")
     add_train_args(parser)
+    parser.add_argument("--eval-only", type=Path, default=None, metavar="CHECKPOINT",
+                        help="only report the float32 test accuracy of this checkpoint")
     return parser
 
 
@@ -31,6 +33,13 @@ def main(args):
     device = resolve_device(args.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", rank % torch.cuda.device_count())
+    if args.eval_only:
+        _, test = load_splits(data_config(args, oods=[]), layout(args))
+        model = load_model(args.eval_only, args.model, NUM_CLASSES[args.ind]).to(device)
+        result = evaluate(model, *test, device, amp="off")
+        print(f"{args.model} {args.eval_only}: {result['test_acc']:.2f}% on {len(test[0])} {args.ind} test images "
+              f"(float32)")
+        return result
     cfg = train_config(args, get_recipe(args.model))
     out = args.out or Path("checkpoints") / f"{args.ind}-{args.model}-{cfg.schedule}"
     train, test = load_splits(data_config(args, oods=[]), layout(args))
