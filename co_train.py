@@ -7,12 +7,11 @@ Starts from the given checkpoint (the original built a fresh model and ignored -
 the detectors that train_ood_detectors.py fitted on that checkpoint's features.
 """
 import argparse
-import sys
 from pathlib import Path
 
 from models import get_recipe, load_model
 from utils.cli import (add_data_args, add_model_args, add_train_args, data_config, layout, locate_run,
-                       resolve_device, train_config)
+                       resolve_device, run_script, train_config)
 from utils.cotrain import CoTrainLoss, mean_decision
 from utils.data import NUM_CLASSES
 from utils.engine import fit, load_splits
@@ -62,7 +61,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    run_script(main, get_args_parser)

@@ -3,10 +3,9 @@
     python detect_oods.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --model vgg16 --ind cifar10
 """
 import argparse
-import sys
 
 from utils.cli import (add_baseline_args, add_data_args, add_detector_args, add_model_args, la_ood, layout,
-                       locate_run)
+                       locate_run, run_script)
 from utils.generate import generated_sets
 from utils.io import format_table
 from utils.paths import Layout
@@ -36,7 +35,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    run_script(main, get_args_parser)

@@ -3,9 +3,8 @@
     python generate_datasets.py --ind cifar10 --source-root ../shared/data
 """
 import argparse
-import sys
 
-from utils.cli import add_data_args, data_config, layout
+from utils.cli import add_data_args, data_config, layout, run_script
 from utils.data import OOD_SETS, parse_extra
 from utils.generate import generate
 
@@ -31,7 +30,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    run_script(main, get_args_parser)

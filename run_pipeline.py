@@ -6,11 +6,10 @@
 Each stage reuses only outputs made from the same checkpoint (by content hash) and settings.
 """
 import argparse
-import sys
 import time
 
-from utils.cli import (add_baseline_args, add_data_args, add_detector_args, add_model_args, data_config, la_ood, layout, positive_int,
-                       resolve_device)
+from utils.cli import (add_baseline_args, add_data_args, add_detector_args, add_model_args, data_config, la_ood,
+                       layout, positive_int, resolve_device, run_script)
 from utils.data import OOD_SETS, parse_extra
 from utils.features import open_backbone, save_features
 from utils.generate import generate
@@ -70,7 +69,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    run_script(main, get_args_parser)

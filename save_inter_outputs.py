@@ -3,10 +3,9 @@
     python save_inter_outputs.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --model vgg16 --ind cifar10
 """
 import argparse
-import sys
 import time
 
-from utils.cli import add_data_args, add_model_args, data_config, layout, positive_int, resolve_device
+from utils.cli import add_data_args, add_model_args, data_config, layout, positive_int, resolve_device, run_script
 from utils.features import open_backbone, save_features
 from utils.generate import generated_sets
 
@@ -37,7 +36,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    run_script(main, get_args_parser)

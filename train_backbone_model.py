@@ -4,13 +4,12 @@
     torchrun --nproc_per_node 2 train_backbone_model.py --model vgg16 ...        # data-parallel
 """
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
 from models import create_model, get_recipe, list_models, load_model
-from utils.cli import add_data_args, add_train_args, data_config, layout, resolve_device, train_config
+from utils.cli import add_data_args, add_train_args, data_config, layout, resolve_device, run_script, train_config
 from utils.data import NUM_CLASSES
 from utils.engine import distributed, evaluate, fit, load_splits
 
@@ -54,7 +53,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    run_script(main, get_args_parser)

@@ -3,9 +3,8 @@
     python train_ood_detectors.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --model vgg16 --ind cifar10
 """
 import argparse
-import sys
 
-from utils.cli import add_data_args, add_detector_args, add_model_args, la_ood, locate_run
+from utils.cli import add_data_args, add_detector_args, add_model_args, la_ood, locate_run, run_script
 from utils.pipeline import train_detectors
 
 
@@ -24,7 +23,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    run_script(main, get_args_parser)

@@ -1,5 +1,6 @@
 """Flags shared by every stage script, so the same thing has the same name everywhere."""
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -11,6 +12,14 @@ from .detectors import GAMMA_GRIDS, GAMMAS, LAOOD, NU
 from .generate import MAX_OOD, DataConfig
 from .io import sha256_file
 from .paths import Layout
+
+
+def run_script(main, get_args_parser) -> None:
+    """A stage script's entry point: bad input ends with one clear line instead of a traceback."""
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
 
 
 def positive_int(text: str) -> int:
