@@ -40,7 +40,7 @@ def main():
     source, missing = find_source("cifar10", "test", [args.source_root])
     if source is None:
         sys.exit(missing)
-    images, _ = load_subset(source, args.images, seed=0)
+    images, _ = load_subset(source, args.images, seed=0, progress=False)
     print(f"{len(images)} CIFAR-10 test images, batch {args.batch_size}, float32, {device}, "
           f"{torch.get_num_threads()} threads\n")
     print("| model | bare forward (img/s) | feature extraction (img/s) | ratio |\n|---|---|---|---|")
@@ -54,7 +54,7 @@ def main():
                 bare_forward(model, images, args.batch_size, device)
                 best_bare = min(best_bare, time.perf_counter() - t)
                 t = time.perf_counter()
-                extract(model, images, Path(tmp), device, args.batch_size)
+                extract(model, images, Path(tmp), device, args.batch_size, progress=False)
                 best_ext = min(best_ext, time.perf_counter() - t)
         bare, ext = len(images) / best_bare, len(images) / best_ext
         print(f"| {name} | {bare:.0f} | {ext:.0f} | {ext / bare:.2f} |")

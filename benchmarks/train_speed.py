@@ -79,7 +79,7 @@ def main():
     if source is None:
         sys.exit(missing)
     n = args.batch_size * (args.batches + args.warmup + 2)
-    images, labels = load_subset(source, n, seed=0)
+    images, labels = load_subset(source, n, seed=0, progress=False)
     torch.manual_seed(0)
     plain = plain_loop(create_model(args.model), images, labels, args.batch_size, args.batches, args.warmup,
                        args.workers)

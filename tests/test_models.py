@@ -120,3 +120,14 @@ def test_wrong_checkpoint_errors_are_clear(tmp_path):
     save_model(create_model("resnet20"), tmp_path / "r20.pt")
     with pytest.raises(ValueError, match="holds a resnet20, but --model vgg16"):
         load_model(tmp_path / "r20.pt", "vgg16")
+
+
+@pytest.mark.parametrize("name,mmacs", [("vgg16", 313.7), ("resnet20", 40.6), ("resnet56", 125.5),
+                                         ("resnet34", 1159.4), ("densenet100", 287.9)])
+def test_tap_macs(name, mmacs):
+    """Multiply-accumulates per 32x32 image (commonly quoted: VGG16-CIFAR 0.31G, ResNet-20 41M,
+    ResNet-56 125M, ResNet34 1.16G, DenseNet-BC-100 0.29G), cumulative at each tap."""
+    cumulative, total = create_model(name).tap_macs()
+    assert total / 1e6 == pytest.approx(mmacs, abs=0.1)
+    assert len(cumulative) == create_model(name).num_taps
+    assert all(a < b for a, b in zip(cumulative, cumulative[1:])) and cumulative[-1] <= total

@@ -246,11 +246,12 @@ def subset_indices(count: int, n: Optional[int], seed: int, labels: Optional[np.
     return np.sort(np.concatenate(picked))
 
 
-def load_subset(source: ImageSource, n: Optional[int], seed: int, desc: str = "") -> Tuple[np.ndarray, np.ndarray]:
+def load_subset(source: ImageSource, n: Optional[int], seed: int, desc: str = "",
+                progress: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Decode a seeded subset of ``source``: ``(images uint8 (n,32,32,3), labels int64 (-1 if none))``."""
     idx = subset_indices(source.count, n, seed, source.labels)
     chunks = [source.load(idx[i:i + 1000]) for i in tqdm(range(0, len(idx), 1000), desc=desc, unit="k img",
-                                                          leave=False)]
+                                                          leave=False, disable=not progress)]
     images = np.concatenate(chunks) if chunks else np.zeros((0, SIZE, SIZE, 3), np.uint8)
     labels = source.labels[idx] if source.labels is not None else np.full(len(idx), -1, dtype=np.int64)
     return images, labels

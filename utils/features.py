@@ -26,13 +26,13 @@ def open_backbone(checkpoint, ind: str, arch: Optional[str] = None, device: torc
 
 @torch.inference_mode()
 def extract(model, images: np.ndarray, out: Path, device: torch.device, batch_size: int = 256,
-            desc: str = "") -> None:
+            desc: str = "", progress: bool = True) -> None:
     """Write ``layer_XXX.npy`` (one per tap), ``logits.npy`` and ``penultimate.npy`` for ``images``."""
     n = len(images)
     arrays = [np.lib.format.open_memmap(out / layer_file(i, "npy"), mode="w+", dtype=np.float32, shape=(n, w))
               for i, w in enumerate(model.tap_widths)]
     logits = penult = None
-    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
         stop = min(start + batch_size, n)
         o = model.forward_intermediates(to_input(images[start:stop], device), penultimate=True)
         if logits is None:
