@@ -51,8 +51,9 @@ def main(args):
 
     def refresh(epoch):
         loss.refresh_statistics(stats, device)
-        print(f"epoch {epoch + 1}: mean decision value on {len(stats)} train images "
-              f"{mean_decision(loss, stats[:2000], device):.4f}")
+        probe = stats[:2000]
+        print(f"epoch {epoch + 1}: feature statistics from {len(stats)} train images; mean decision value on "
+              f"{len(probe)} of them {mean_decision(loss, probe, device):.4f}")
 
     log = fit(model, train, test, cfg, out, device, loss_fn=loss, resume=args.resume, on_epoch_start=refresh,
               keep_epochs=True)
