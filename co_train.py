@@ -31,7 +31,8 @@ def get_args_parser():
                         help="layers drawn at random per batch (default: all up to 13 layers, else 10)")
     parser.add_argument("--stats-images", type=int, default=None,
                         help="train images used to recompute the feature mean/std each epoch (default: all)")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default: checkpoints/<ind>-<model>-cotrain)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: checkpoints/<ind>-<model>-cotrain)")
     parser.set_defaults(schedule="constant", epochs=5, lr=0.001, weight_decay=1e-4)
     return parser
 

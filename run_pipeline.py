@@ -26,7 +26,8 @@ def get_args_parser():
     add_model_args(parser)
     add_detector_args(parser)
     parser.add_argument("--ood", nargs="+", choices=OOD_SETS, default=None,
-                        help="OOD sets (default: lsun tiny svhn dtd pure_color and the other CIFAR; absent ones are skipped)")
+                        help="OOD sets (default: lsun tiny svhn dtd pure_color and the other CIFAR; "
+                             "absent ones are skipped)")
     parser.add_argument("--extra-ood", action="append", default=[], metavar="NAME=PATH",
                         help="an extra OOD set from an image folder or zip archive; repeatable")
     parser.add_argument("--download", action="store_true", help="let torchvision download sets it offers")
@@ -57,8 +58,8 @@ def main(args):
     det_dir = train_detectors(run, la)
     timings["detectors_s"], t = time.time() - t, time.time()
     oods = [name for name in sets if name not in ("train", "test")]
-    summary = detect(run, det_dir, oods, seed=args.seed, n_jobs=args.jobs, baselines=args.baselines, exit_threshold=args.exit_threshold,
-                     exit_k=args.exit_k,
+    summary = detect(run, det_dir, oods, seed=args.seed, n_jobs=args.jobs, baselines=args.baselines,
+                     exit_threshold=args.exit_threshold, exit_k=args.exit_k,
                      record={"stage_seconds": timings})
     timings["detect_s"] = time.time() - t
     print(f"\n{model.arch} on {args.ind} ({sha[:8]}), {cfg.tag}, detector {args.detector}\n")

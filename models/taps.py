@@ -50,7 +50,8 @@ class TappedModel(nn.Module):
 
         def hook(module, inputs, out):
             if isinstance(module, nn.Conv2d):
-                macs = out[0].numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+                kh, kw = module.kernel_size
+                macs = out[0].numel() * module.in_channels // module.groups * kh * kw
             else:
                 macs = module.in_features * module.out_features
             executed.append((module, macs))

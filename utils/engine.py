@@ -194,7 +194,8 @@ def fit(model: nn.Module, train: Tuple[torch.Tensor, torch.Tensor], test: Tuple[
         resume: bool = False, on_epoch_start: Optional[Callable[[int], None]] = None,
         save=save_model, keep_epochs: bool = False, progress: bool = True) -> List[Dict]:
     """Train for ``cfg.epochs``, writing ``state.pt`` (resumable), ``final.pt``, optionally ``best.pt`` and
-    ``epoch_XXX.pt`` (``keep_epochs``), and ``log.csv`` (one row per epoch, rewritten whole) under ``out_dir``. Returns the log rows."""
+    ``epoch_XXX.pt`` (``keep_epochs``), and ``log.csv`` (one row per epoch, rewritten whole) under ``out_dir``.
+    Returns the log rows."""
     rank, world = distributed()
     out_dir = Path(out_dir)
     images, labels = train

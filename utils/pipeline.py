@@ -43,7 +43,8 @@ def train_detectors(run: Path, la: LAOOD, force: bool = False, log=print) -> Pat
         if la.calibration_ is not None:
             write_json(tmp / "calibration.json", {"mean": la.calibration_.mean.tolist(),
                                                   "std": la.calibration_.std.tolist()})
-    log(f"{len(la.detectors_)} {la.detector} detectors fitted on {len(train['logits'])} images in {seconds:.0f}s -> {out}")
+    log(f"{len(la.detectors_)} {la.detector} detectors fitted on {len(train['logits'])} images in {seconds:.0f}s "
+        f"-> {out}")
     return out
 
 
