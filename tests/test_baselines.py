@@ -1,6 +1,5 @@
 """Baselines on constructed cases with known answers."""
 import numpy as np
-import pytest
 import torch
 
 from models import create_model

@@ -15,7 +15,6 @@ test and OOD subsets and the 70/30 split), measured with the full-size features 
 
 Seed 0, which CI runs, gave 71.32 / 92.67 / 63.91 / 99.92: each within 1.0 point of the original.
 """
-import pytest
 
 import run_pipeline
 from conftest import CHECKPOINTS, DATA, need
