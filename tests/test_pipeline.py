@@ -133,3 +133,22 @@ def test_calibrated_detectors_add_the_calibrated_maximum_and_early_exit(small_ru
     assert exits[0].startswith("set,stopped_pct,mac_fraction") and len(exits) == 1 + 3   # test, dtd, pure_color
     for line in exits[1:]:
         assert 0 < float(line.split(",")[2]) <= 1
+
+
+def test_spread_over_seeds(small_run):
+    common, model = small_run["common"], small_run["model"]
+    args = detect_oods.get_args_parser().parse_args(
+        common + model + ["--jobs", "2", "--gammas", "0.01", "0.05", "0.1", "--seeds", "0", "1", "--baselines"])
+    rows = {(r["ood"], r["method"]): r for r in detect_oods.main(args)}
+    la = rows[("dtd", "LA-OOD")]
+    assert la["seeds"] == 2 and la["auroc_std"] >= 0
+    per_seed = []
+    for seed in (0, 1):
+        text = (small_run["run"] / "results" / f"ocsvm-seed{seed}" / "summary.csv").read_text().splitlines()
+        header = text[0].split(",")
+        row = next(line.split(",") for line in text[1:] if line.startswith("dtd,LA-OOD,"))
+        per_seed.append(float(row[header.index("auroc")]))
+    assert la["auroc_mean"] == pytest.approx(np.mean(per_seed))
+    assert la["auroc_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert (small_run["run"] / "results" / "ocsvm-seeds0-1" / "spread.md").exists()
+    assert ("dtd", "best layer (oracle)") in rows

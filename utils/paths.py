@@ -51,6 +51,11 @@ class Layout:
         return f"{detector}{f'-cal{calibration_size}' if calibration_size else ''}-seed{seed}"
 
     @staticmethod
+    def seeds_tag(detector: str, seeds, calibration_size: int = 0) -> str:
+        """Names the results of a detector stage repeated over several seeds."""
+        return f"{detector}{f'-cal{calibration_size}' if calibration_size else ''}-seeds{'-'.join(map(str, seeds))}"
+
+    @staticmethod
     def detectors(run: Path, tag: str) -> Path:
         return Path(run) / "detectors" / tag
 

@@ -204,6 +204,41 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
     return summary
 
 
+def spread_over_seeds(per_seed: Dict[int, List[Dict]]) -> List[Dict]:
+    """Mean and sample standard deviation over seeds of every metric, per OOD set and method."""
+    groups: Dict[tuple, List[Dict]] = {}
+    for rows in per_seed.values():
+        for r in rows:
+            method = "best layer (oracle)" if r["method"].startswith("best layer") else r["method"]
+            groups.setdefault((r["ood"], method), []).append(r)
+    out = []
+    for (ood, method), rows in groups.items():
+        row = {"ood": ood, "method": method, "seeds": len(rows)}
+        for m in METRICS:
+            values = np.array([r[m] for r in rows], dtype=float)
+            row[f"{m}_mean"] = float(values.mean())
+            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out.append(row)
+    return out
+
+
+def repeat_over_seeds(run: Path, make_laood, seeds: Sequence[int], ood_names: Sequence[str], log=print,
+                      **detect_kwargs) -> List[Dict]:
+    """The detector stage and detection repeated for each seed (the 70/30 split and the balanced
+    subsets change; the images and features do not); writes and returns the spread table."""
+    per_seed = {}
+    for seed in seeds:
+        la = make_laood(seed)
+        per_seed[seed] = detect(run, train_detectors(run, la, log=log), ood_names, seed=seed, log=log,
+                                **detect_kwargs)
+    rows = spread_over_seeds(per_seed)
+    out = Layout.results(run, Layout.seeds_tag(la.detector, seeds, la.calibration_size))
+    write_csv(out / "spread.csv", rows)
+    write_text(out / "spread.md", format_table(rows))
+    log(f"spread over seeds {list(seeds)} -> {out}")
+    return rows
+
+
 def _plot(out: Path, tables, scores, others, comparisons, oods) -> None:
     """Per-layer AUROC, argmax counts, score histograms and ROC curves, as PNG beside the tables."""
     from . import plots
