@@ -60,8 +60,9 @@ def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, name
     run = layout.run(ind, model.arch, ckpt_sha, tag)
     for name in names:
         images, labels, image_manifest = load_images(layout, ind, tag, name)
+        with_odin = odin and name != "train"     # ODIN scores only matter for the evaluated sets
         settings = {"checkpoint_sha256": ckpt_sha, "arch": model.arch, "images": image_manifest["settings"],
-                    "taps": model.num_taps, "normalisation": "imagenet", "odin": odin}
+                    "taps": model.num_taps, "normalisation": "imagenet", "odin": with_odin}
         out = layout.features(run, name)
         if is_complete(out, settings) and not force:
             log(f"{name}: features already complete in {out}")
@@ -69,7 +70,7 @@ def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, name
         with StagingDir(out, settings, {"count": len(images), "widths": model.tap_widths}) as tmp:
             extract(model, images, tmp, device, batch_size, desc=name)
             np.save(tmp / "labels.npy", labels)
-            if odin:
+            if with_odin:
                 from .baselines import odin as odin_scores
                 np.save(tmp / "odin.npy", odin_scores(model, images, device, batch_size=batch_size,
                                                       progress=f"{name} ODIN"))
