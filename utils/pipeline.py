@@ -176,8 +176,9 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
     comparisons.append(("combined", np.arange(len(ind_scores)), None))
     for name, i_idx, o_idx in comparisons:
         pick = (lambda s: np.concatenate([s[n] for n in oods])) if o_idx is None else (lambda s: s[name][o_idx])  # noqa
-        tables[name] = layer_table(ind_scores[i_idx], pick(scores))
-        n = f"{len(i_idx)}+{len(pick(scores))}" if o_idx is None else len(i_idx)
+        ood_scores = pick(scores)
+        tables[name] = layer_table(ind_scores[i_idx], ood_scores)
+        n = f"{len(i_idx)}+{len(ood_scores)}" if o_idx is None else len(i_idx)
         la_row, oracle = tables[name][-1], tables[name][-2]
         summary.append({"ood": name, "method": "LA-OOD", "n": n, **_pick(la_row)})
         summary.append({"ood": name, "method": oracle["row"].replace("best single layer ", "best layer "), "n": n,
@@ -198,7 +199,7 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
         "checkpoint_sha256": sha, "features": str(run), "detectors": str(det_dir), "eval_seed": seed,
         "sets": {n: f["manifest"]["settings"]["images"] for n, f in {"test": test, **oods}.items()},
         "counts": {n: len(f["logits"]) for n, f in {"test": test, **oods}.items()},
-        "detector_settings": read_json(Path(det_dir) / MANIFEST)["settings"], "baselines": list(others),
+        "detector_settings": read_json(Path(det_dir) / MANIFEST)["settings"], "other_methods": list(others),
         "detect_seconds": time.time() - start, "versions": package_versions(), **(record or {})})
     log(f"results -> {out}")
     return summary
