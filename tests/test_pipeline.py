@@ -138,7 +138,7 @@ def test_calibrated_detectors_add_the_calibrated_maximum_and_early_exit(small_ru
 def test_spread_over_seeds(small_run):
     common, model = small_run["common"], small_run["model"]
     args = detect_oods.get_args_parser().parse_args(
-        common + model + ["--jobs", "2", "--gammas", "0.01", "0.05", "0.1", "--seeds", "0", "1", "--baselines"])
+        common + model + ["--jobs", "2", "--gammas", "0.01", "0.05", "0.1", "--seeds", "0", "1", "--baselines", "MSP"])
     rows = {(r["ood"], r["method"]): r for r in detect_oods.main(args)}
     la = rows[("dtd", "LA-OOD")]
     assert la["seeds"] == 2 and la["auroc_std"] >= 0
@@ -152,3 +152,6 @@ def test_spread_over_seeds(small_run):
     assert la["auroc_std"] == pytest.approx(np.std(per_seed, ddof=1))
     assert (small_run["run"] / "results" / "ocsvm-seeds0-1" / "spread.md").exists()
     assert ("dtd", "best layer (oracle)") in rows
+    # MSP does not depend on the detectors (computed once for both seeds); 300 test and 300 dtd images
+    # are all used at every seed, so its spread is exactly zero.
+    assert rows[("dtd", "MSP")]["seeds"] == 2 and rows[("dtd", "MSP")]["auroc_std"] == 0

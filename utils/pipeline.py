@@ -146,12 +146,13 @@ def calibrated_variants(la: LAOOD, scores: Dict[str, np.ndarray], arch: str, num
 
 def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_jobs: int = 1,
            baselines: Sequence[str] = (), exit_threshold: float = 0.99, exit_k: int = 2, log=print,
-           record: Optional[Dict] = None) -> List[Dict]:
+           record: Optional[Dict] = None, baseline_cache: Optional[Dict] = None) -> List[Dict]:
     """Score the test split and every OOD set; write per-set tables, the summary and a run record.
 
     The summary has one row per OOD set and method: LA-OOD, the best single layer (an oracle: chosen
     with the OOD labels), the calibrated maximum and early exit where the detectors were calibrated,
-    and any ``baselines``, all on the same balanced comparisons.
+    and any ``baselines``, all on the same balanced comparisons. The baselines' scores do not depend on
+    the detectors: a ``baseline_cache`` dict passed to several calls computes them once.
     """
     start = time.time()
     test = load_features(run, "test")
@@ -169,7 +170,10 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
         others, exit_table = calibrated_variants(la, scores, fs["arch"], test["logits"].shape[1], exit_threshold,
                                                  exit_k)
     if baselines:
-        others.update(baseline_scores(load_features(run, "train"), {"test": test, **oods}, baselines))
+        cache = {} if baseline_cache is None else baseline_cache
+        if "scores" not in cache:
+            cache["scores"] = baseline_scores(load_features(run, "train"), {"test": test, **oods}, baselines)
+        others.update(cache["scores"])
     ind_scores = scores["test"]
     summary, tables = [], {}
     comparisons = [(name, *balanced_indices(len(ind_scores), len(scores[name]), seed)) for name in oods]
@@ -227,11 +231,11 @@ def repeat_over_seeds(run: Path, make_laood, seeds: Sequence[int], ood_names: Se
                       **detect_kwargs) -> List[Dict]:
     """The detector stage and detection repeated for each seed (the 70/30 split and the balanced
     subsets change; the images and features do not); writes and returns the spread table."""
-    per_seed = {}
+    per_seed, cache = {}, {}
     for seed in seeds:
         la = make_laood(seed)
         per_seed[seed] = detect(run, train_detectors(run, la, log=log), ood_names, seed=seed, log=log,
-                                **detect_kwargs)
+                                baseline_cache=cache, **detect_kwargs)
     rows = spread_over_seeds(per_seed)
     out = Layout.results(run, Layout.seeds_tag(la.detector, seeds, la.calibration_size))
     write_csv(out / "spread.csv", rows)
