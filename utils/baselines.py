@@ -39,10 +39,12 @@ class Mahalanobis:
         return self
 
     def score(self, feats: np.ndarray) -> np.ndarray:
+        # (x - m)' P (x - m) = x'Px - 2 x'Pm + m'Pm, as matrix products: no (N, C, D) intermediate.
         X = np.asarray(feats, dtype=np.float64)
-        d = X[:, None, :] - self.means_[None]                      # (N, C, D)
-        dist = np.einsum("ncd,de,nce->nc", d, self.precision_, d)
-        return dist.min(1)
+        XP = X @ self.precision_
+        mP = self.means_ @ self.precision_
+        dist = (XP * X).sum(1)[:, None] - 2 * XP @ self.means_.T + (mP * self.means_).sum(1)[None]
+        return np.maximum(dist, 0).min(1)
 
 
 class KNN:
