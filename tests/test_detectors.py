@@ -134,3 +134,23 @@ def test_early_exit_bookkeeping():
     assert score[0] > score[2] > score[1] > score[3] > score[4]  # earlier stops first, then by score
     # MACs: layer i ends at cumulative 10, 20, 60, 100 of 100.
     assert exit_cost(stop, [10, 20, 60, 100], 100) == pytest.approx((0.2 + 1.0 + 0.6 + 1.0 + 1.0) / 5)
+
+
+def test_tail_excess_and_tail_plus_energy():
+    from utils.detectors import Calibration, tail_plus_energy
+    held_out = np.stack([np.arange(101.0), 10 * np.arange(101.0)], axis=1)   # layer 2 on a 10x scale
+    cal = Calibration.fit(held_out, tail_level=0.99)
+    z99 = (99.0 - 50.0) / np.arange(101.0).std()
+    np.testing.assert_allclose(cal.tail, [z99, z99])              # the 99th percentile of the standardised
+    sd = np.arange(101.0).std()
+    scores = np.array([
+        [50.0, 500.0],                      # typical at both layers: no excess
+        [99.0 + 2 * sd, 500.0],             # 2 sd beyond layer 1's tail
+        [50.0, 10 * (99.0 + 3 * sd)],       # 3 sd beyond layer 2's tail
+        [99.0 + 1 * sd, 10 * (99.0 + 0.5 * sd)],  # the larger of the two excesses counts
+    ])
+    np.testing.assert_allclose(cal.tail_excess(scores), [0.0, 2.0, 3.0, 1.0], atol=1e-9)
+    energy_z = np.array([1.5, -1.0, 0.0, 0.25])
+    np.testing.assert_allclose(tail_plus_energy(scores, cal, energy_z), [1.5, 1.0, 3.0, 1.25], atol=1e-9)
+    with pytest.raises(ValueError, match="tail quantiles"):
+        Calibration(np.zeros(2), np.ones(2)).tail_excess(scores)

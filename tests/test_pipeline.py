@@ -128,7 +128,10 @@ def test_calibrated_detectors_add_the_calibrated_maximum_and_early_exit(small_ru
     assert det.name == "ocsvm-cal150-seed0" and (det / "calibration.json").exists()
     summary = detect_oods.main(detect_oods.get_args_parser().parse_args(common + model + extra))
     methods = {r["method"] for r in summary if r["ood"] == "dtd"}
-    assert {"LA-OOD", "LA-OOD (calibrated)", "early exit (p>0.99 at 2 layers)", "MSP", "KNN"} <= methods
+    assert {"LA-OOD", "LA-OOD (calibrated)", "early exit (p>0.99 at 2 layers)", "LA-OOD tail + Energy", "MSP",
+            "KNN"} <= methods
+    calib = json.loads((det / "calibration.json").read_text())
+    assert calib["tail_level"] == 0.99 and len(calib["tail"]) == len(calib["mean"])
     exits = (small_run["run"] / "results" / "ocsvm-cal150-seed0" / "early_exit.csv").read_text().splitlines()
     assert exits[0].startswith("set,stopped_pct,mac_fraction") and len(exits) == 1 + 3   # test, dtd, pure_color
     for line in exits[1:]:

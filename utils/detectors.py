@@ -210,8 +210,7 @@ class LAOOD:
         if not 0 < self.calibration_size < n:
             raise ValueError(f"calibration_size must lie between 0 and the {n} train images, "
                              f"not {self.calibration_size}")
-        perm = np.random.default_rng(self.seed).permutation(n)
-        held, kept = np.sort(perm[:self.calibration_size]), np.sort(perm[self.calibration_size:])
+        held, kept = calibration_split(n, self.calibration_size, self.seed)
         self.fit([np.asarray(X[kept]) for X in layers], progress)
         self.calibration_ = Calibration.fit(self.score_layers([np.asarray(X[held]) for X in layers]))
         return self
@@ -231,16 +230,29 @@ class LAOOD:
 
 # ----------------------------------------------------------------------------- calibration and early exit
 
+TAIL_LEVEL = 0.99   # the in-distribution quantile beyond which a layer's score counts as evidence
+
+
+def calibration_split(n: int, size: int, seed: int):
+    """The seeded ``(held, kept)`` train indices of :meth:`LAOOD.fit_calibrated` (both sorted)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:size]), np.sort(perm[size:])
+
+
 @dataclass
 class Calibration:
-    """Per-layer mean and spread of the OOD scores of in-distribution images the detectors never saw."""
-    mean: np.ndarray   # (L,)
-    std: np.ndarray    # (L,)
+    """Per-layer mean and spread of the OOD scores of in-distribution images the detectors never saw,
+    and the ``TAIL_LEVEL`` quantile of their standardised scores (``tail``, for :meth:`tail_excess`)."""
+    mean: np.ndarray                   # (L,)
+    std: np.ndarray                    # (L,)
+    tail: Optional[np.ndarray] = None  # (L,)
 
     @classmethod
-    def fit(cls, layer_scores: np.ndarray) -> "Calibration":
+    def fit(cls, layer_scores: np.ndarray, tail_level: float = TAIL_LEVEL) -> "Calibration":
         std = layer_scores.std(axis=0)
-        return cls(layer_scores.mean(axis=0), np.where(std > 0, std, 1.0))
+        cal = cls(layer_scores.mean(axis=0), np.where(std > 0, std, 1.0))
+        cal.tail = np.quantile(cal.z(layer_scores), tail_level, axis=0)
+        return cal
 
     def z(self, layer_scores: np.ndarray) -> np.ndarray:
         return (layer_scores - self.mean) / self.std
@@ -248,6 +260,25 @@ class Calibration:
     def max_z(self, layer_scores: np.ndarray) -> np.ndarray:
         """Calibrated LA-OOD: the maximum over layers of the standardised per-layer scores."""
         return self.z(layer_scores).max(axis=1)
+
+    def tail_excess(self, layer_scores: np.ndarray) -> np.ndarray:
+        """The largest amount by which any layer's standardised score exceeds that layer's in-distribution
+        ``tail`` quantile; 0 for an image that no layer finds atypical."""
+        if self.tail is None:
+            raise ValueError("this calibration has no tail quantiles (written by an older version); "
+                             "refit the detectors with train_ood_detectors.py --force")
+        return np.clip(self.z(layer_scores) - self.tail, 0, None).max(axis=1)
+
+
+def tail_plus_energy(layer_scores: np.ndarray, calib: Calibration, energy_z: np.ndarray) -> np.ndarray:
+    """LA-OOD tail + Energy: the standardised energy score plus :meth:`Calibration.tail_excess`.
+
+    Images that no layer finds beyond its in-distribution tail are ranked by energy alone, so the layers
+    add no noise to near-OOD images that only the logits tell apart; an image that some layer finds far
+    outside its in-distribution range (textures, flat colours) is pushed up by that excess. Energy is
+    standardised on the same held-out in-distribution images as the layers. No OOD data enters.
+    """
+    return np.asarray(energy_z) + calib.tail_excess(layer_scores)
 
 
 def early_exit(layer_scores: np.ndarray, calib: Calibration, threshold: float = 0.99, k: int = 2):

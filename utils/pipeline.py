@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 import joblib
 import numpy as np
 
-from .detectors import LAOOD, Calibration, early_exit, exit_cost
+from .detectors import LAOOD, TAIL_LEVEL, Calibration, calibration_split, early_exit, exit_cost, tail_plus_energy
 from .features import load_features
 from .io import MANIFEST, StagingDir, format_table, is_complete, read_json, save_npy, write_csv, write_json, \
     write_text
@@ -16,9 +16,12 @@ from .paths import Layout, layer_file
 
 
 def detector_settings(run_manifest_sha: str, la: LAOOD, n_train: int) -> Dict:
-    return {"checkpoint_sha256": run_manifest_sha, "detector": la.detector, "gammas": list(la.gammas),
-            "nu": la.nu, "seed": la.seed, "select_size": la.select_size, "prune": la.prune, "n_train": n_train,
-            "calibration_size": la.calibration_size}
+    settings = {"checkpoint_sha256": run_manifest_sha, "detector": la.detector, "gammas": list(la.gammas),
+                "nu": la.nu, "seed": la.seed, "select_size": la.select_size, "prune": la.prune, "n_train": n_train,
+                "calibration_size": la.calibration_size}
+    if la.calibration_size:   # calibrations written before the tail quantiles existed are refitted
+        settings["tail_level"] = TAIL_LEVEL
+    return settings
 
 
 def train_detectors(run: Path, la: LAOOD, force: bool = False, log=print) -> Path:
@@ -41,8 +44,9 @@ def train_detectors(run: Path, la: LAOOD, force: bool = False, log=print) -> Pat
             joblib.dump(det, tmp / layer_file(i, "joblib"))
         write_csv(tmp / "selection.csv", [_flat_record(r) for r in la.records_])
         if la.calibration_ is not None:
-            write_json(tmp / "calibration.json", {"mean": la.calibration_.mean.tolist(),
-                                                  "std": la.calibration_.std.tolist()})
+            cal = la.calibration_
+            write_json(tmp / "calibration.json", {"mean": cal.mean.tolist(), "std": cal.std.tolist(),
+                                                  "tail_level": TAIL_LEVEL, "tail": cal.tail.tolist()})
     log(f"{len(la.detectors_)} {la.detector} detectors fitted on {len(train['logits'])} images in {seconds:.0f}s "
         f"-> {out}")
     return out
@@ -68,7 +72,8 @@ def load_detectors(directory: Path, expect_sha: Optional[str] = None) -> LAOOD:
                select_size=s["select_size"], prune=s["prune"], calibration_size=s.get("calibration_size", 0))
     calib = read_json(Path(directory) / "calibration.json")
     if calib is not None:
-        la.calibration_ = Calibration(np.array(calib["mean"]), np.array(calib["std"]))
+        tail = np.array(calib["tail"]) if "tail" in calib else None
+        la.calibration_ = Calibration(np.array(calib["mean"]), np.array(calib["std"]), tail)
     for i in range(manifest["layers"]):
         path = Path(directory) / layer_file(i, "joblib")
         if not path.exists():
@@ -128,9 +133,18 @@ def baseline_scores(train: Dict, sets: Dict[str, Dict], which: Sequence[str]) ->
     return out
 
 
+def energy_z(la: LAOOD, train: Dict, sets: Dict[str, Dict]) -> Dict[str, np.ndarray]:
+    """The energy score of every set, standardised on the train images held back for calibration."""
+    from .baselines import energy
+    held, _ = calibration_split(len(train["logits"]), la.calibration_size, la.seed)
+    ref = energy(train["logits"][held])
+    return {n: (energy(f["logits"]) - ref.mean()) / ref.std() for n, f in sets.items()}
+
+
 def calibrated_variants(la: LAOOD, scores: Dict[str, np.ndarray], arch: str, num_classes: int,
-                        threshold: float = 0.99, k: int = 2):
-    """Calibrated LA-OOD and early exit scores per set, and the early-exit table (stops and MAC cost)."""
+                        threshold: float = 0.99, k: int = 2, energy: Optional[Dict[str, np.ndarray]] = None):
+    """Calibrated LA-OOD, early exit and (given the standardised ``energy`` scores and tail quantiles)
+    LA-OOD tail + Energy, per set; and the early-exit table (stops and MAC cost)."""
     from models import create_model
     cal = la.calibration_
     exits = {n: early_exit(s, cal, threshold, k) for n, s in scores.items()}
@@ -141,6 +155,11 @@ def calibrated_variants(la: LAOOD, scores: Dict[str, np.ndarray], arch: str, num
              for n, (_, stop) in exits.items()]
     variants = {"LA-OOD (calibrated)": {n: cal.max_z(s) for n, s in scores.items()},
                 f"early exit (p>{threshold:g} at {k} layers)": {n: e[0] for n, e in exits.items()}}
+    if energy is not None and cal.tail is not None:
+        variants["LA-OOD tail + Energy"] = {n: tail_plus_energy(s, cal, energy[n]) for n, s in scores.items()}
+    elif energy is not None:
+        print("LA-OOD tail + Energy left out: these detectors' calibration has no tail quantiles "
+              "(refit them with train_ood_detectors.py --force)")
     return variants, table
 
 
@@ -167,8 +186,9 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
     others, exit_table = {}, None
     if la.calibration_ is not None:
         fs = test["manifest"]["settings"]
+        ez = energy_z(la, load_features(run, "train"), {"test": test, **oods})
         others, exit_table = calibrated_variants(la, scores, fs["arch"], test["logits"].shape[1], exit_threshold,
-                                                 exit_k)
+                                                 exit_k, ez)
     if baselines:
         cache = {} if baseline_cache is None else baseline_cache
         if "scores" not in cache:
