@@ -1,37 +1,112 @@
-"""Exploration for a layer-adaptive variant that also catches near-OOD (README, "Beyond the original").
+"""What was tried in the search for a layer-adaptive variant that also catches near-OOD (README,
+"Beyond the original"): prints one AUROC row per variant on tiny / dtd / cifar100 / pure_color and the mean.
 
-Combines the calibrated per-layer One-Class SVM scores of `--calibration-size 5000` detectors with the
-energy score, standardised on the same 5,000 held-out train images. Needs the full-size VGG16 run and
-its calibrated detectors (see the README). Exploratory: the rows vary k, and reading k off this table
-would be tuning on OOD data.
+Needs a full-size run with calibrated detectors, e.g. for the shared VGG16:
+
+    python detect_oods.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --model vgg16 --calibration-size 5000
+    python benchmarks/explore_combinations.py --model vgg16 [--knn]
+
+z is a layer's score standardised on the train images held back from the detectors; energy is
+standardised on the same images; "tail excess at q" is how far z lies beyond the held-out q-quantile of
+that layer (0 inside it). Exploratory: rows that vary a choice (q, the number of layers) must not be
+used to pick it, since that would be tuning on OOD data. `--knn` adds per-layer KNN (a few minutes).
 """
-import sys, json, numpy as np
-sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
-from utils.features import load_features
-from utils.metrics import ood_metrics
-from utils.baselines import energy
-from utils.pipeline import balanced_indices
-run='runs/cifar10/vgg16-ce8d1176/trainall-testall-ood10000-seed0'
-res=run+'/results/ocsvm-cal5000-seed0/scores/'
-cal=json.load(open(run+'/detectors/ocsvm-cal5000-seed0/calibration.json'))
-mu,sd=np.array(cal['mean']),np.array(cal['std'])
-sets=['tiny','dtd','cifar100','pure_color']
-S={n: np.load(res+n+'.npy') for n in ['test']+sets}
-E={n: energy(load_features(run,n)['logits']) for n in ['test']+sets}
-tr=load_features(run,'train'); perm=np.random.default_rng(0).permutation(50000); held=np.sort(perm[:5000])
-Etr=energy(tr['logits'][held]); em,es=Etr.mean(),Etr.std()
-def evaluate(f, name):
-    out={}
-    for n in sets:
-        i,o=balanced_indices(len(S['test']),len(S[n]),0)
-        out[n]=ood_metrics(f('test')[i], f(n)[o])['auroc']
-    print(f"{name:45s}", ' '.join(f"{out[n]:6.2f}" for n in sets), f" mean {np.mean(list(out.values())):.2f}")
-z=lambda n: (S[n]-mu)/sd
-ez=lambda n: (E[n]-em)/es
-evaluate(lambda n: S[n].max(1), 'raw max')
-evaluate(lambda n: E[n], 'energy')
-evaluate(lambda n: z(n).max(1), 'calibrated max')
-evaluate(lambda n: np.maximum(z(n).max(1), ez(n)), 'max(calibrated layers, energy z)')
-for k in [2,3,4,5,6]:
-    evaluate(lambda n: np.maximum(z(n)[:,:k].max(1), ez(n)), f'max(z layers 1..{k}, energy z)')
-    evaluate(lambda n: z(n)[:,:k].max(1) + ez(n), f'z layers 1..{k} max + energy z')
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from utils.baselines import KNN, Mahalanobis, energy  # noqa: E402
+from utils.detectors import Calibration, calibration_split, early_exit  # noqa: E402
+from utils.features import load_features  # noqa: E402
+from utils.metrics import ood_metrics  # noqa: E402
+from utils.paths import Layout  # noqa: E402
+from utils.pipeline import balanced_indices, load_detectors  # noqa: E402
+
+SETS = ("tiny", "dtd", "cifar100", "pure_color")
+CHECKPOINT_TAGS = {"vgg16": "vgg16-ce8d1176", "resnet20": "resnet20-12fca82f", "resnet56": "resnet56-4bfd9763"}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vgg16", choices=sorted(CHECKPOINT_TAGS))
+    parser.add_argument("--run", help="run directory (default: the full-size run of the shared checkpoint)")
+    parser.add_argument("--calibration-size", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--knn", action="store_true", help="also per-layer KNN (k = 50)")
+    args = parser.parse_args()
+    run = Path(args.run or f"runs/cifar10/{CHECKPOINT_TAGS[args.model]}/trainall-testall-ood10000-seed0")
+    tag = Layout.detector_tag("ocsvm", args.seed, args.calibration_size)
+    la = load_detectors(run / "detectors" / tag)
+    la.n_jobs = 2
+    train = load_features(run, "train")
+    feats = {n: load_features(run, n) for n in ("test",) + SETS}
+    held, kept = calibration_split(len(train["logits"]), args.calibration_size, args.seed)
+
+    # Per-layer One-Class SVM scores: held-out train, test and OOD sets.
+    saved = run / "results" / tag / "scores"
+    S = {n: np.load(saved / f"{n}.npy") if (saved / f"{n}.npy").exists() else la.score_layers(f["layers"])
+         for n, f in feats.items()}
+    S["held"] = la.score_layers([np.asarray(X[held]) for X in train["layers"]])
+    E = {n: energy(f["logits"]) for n, f in feats.items()}
+    E["held"] = energy(train["logits"][held])
+
+    def per_layer(make):
+        """Another per-layer detector fitted on the kept train features: ``{set: (N, L)}``."""
+        out = {n: [] for n in S}
+        for i, X in enumerate(train["layers"]):
+            det = make(np.asarray(X[kept]), np.asarray(train["labels"])[kept])
+            out["held"].append(det.score(np.asarray(X[held])))
+            for n, f in feats.items():
+                out[n].append(det.score(np.asarray(f["layers"][i])))
+        return {n: np.stack(v, 1) for n, v in out.items()}
+
+    def z_of(D):
+        cal = Calibration.fit(np.asarray(D["held"]).reshape(len(held), -1))
+        return lambda n: cal.z(np.asarray(D[n]).reshape(len(D[n]), -1))
+
+    def excess(D, q):
+        z = z_of(D)
+        tail = np.quantile(z("held"), q, axis=0)
+        return lambda n: np.clip(z(n) - tail, 0, None)
+
+    def row(name, score):
+        out = []
+        for n in SETS:
+            i, o = balanced_indices(len(S["test"]), len(S[n]), 0)
+            out.append(ood_metrics(score("test")[i], score(n)[o])["auroc"])
+        print(f"| {name} | " + " | ".join(f"{a:.2f}" for a in out) + f" | {np.mean(out):.2f} |", flush=True)
+
+    z, ez = z_of(S), z_of(E)
+    e = lambda n: ez(n)[:, 0]  # noqa: E731
+    print("| variant | " + " | ".join(SETS) + " | mean |\n|---|---|---|---|---|---|")
+    row("LA-OOD (raw max)", lambda n: S[n].max(1))
+    row("Energy", lambda n: E[n])
+    row("calibrated max", lambda n: z(n).max(1))
+    row("max over layers of z, energy as one more layer", lambda n: np.maximum(z(n).max(1), e(n)))
+    row("max of z over layers 1-4, plus energy z (4 read off OOD results)", lambda n: z(n)[:, :4].max(1) + e(n))
+    cal = Calibration.fit(S["held"])
+    row("early exit (0.99, k = 2), energy for images that never stop",
+        lambda n: np.where(early_exit(S[n], cal)[1] >= 0, 1e3 * (50 - early_exit(S[n], cal)[1]), 0) + e(n))
+    row("energy z + sum of tail excesses at 0.99", lambda n: e(n) + excess(S, 0.99)(n).sum(1))
+    for q in (0.95, 0.99, 0.999):
+        row(f"energy z + max tail excess at {q}{' (LA-OOD tail + Energy)' if q == 0.99 else ''}",
+            lambda n, q=q: e(n) + excess(S, q)(n).max(1))
+    # Atypically small activations: each layer's feature norm, its lower tail (negated, so small = high).
+    norms = {n: -np.stack([np.linalg.norm(np.asarray(X), axis=1) for X in f["layers"]], 1) for n, f in feats.items()}
+    norms["held"] = -np.stack([np.linalg.norm(np.asarray(X[held]), axis=1) for X in train["layers"]], 1)
+    row("LA-OOD tail + Energy, plus max tail excess at 0.99 of small feature norms",
+        lambda n: e(n) + np.maximum(excess(S, 0.99)(n).max(1), excess(norms, 0.99)(n).max(1)))
+    maha = per_layer(lambda X, y: Mahalanobis().fit(X, y))
+    row("per-layer Mahalanobis, calibrated max", lambda n: z_of(maha)(n).max(1))
+    row("energy z + max tail excess at 0.99 of per-layer Mahalanobis", lambda n: e(n) + excess(maha, 0.99)(n).max(1))
+    if args.knn:
+        knn = per_layer(lambda X, y: KNN(k=50).fit(X))
+        row("per-layer KNN, calibrated max", lambda n: z_of(knn)(n).max(1))
+        row("energy z + max tail excess at 0.99 of per-layer KNN", lambda n: e(n) + excess(knn, 0.99)(n).max(1))
+
+
+if __name__ == "__main__":
+    main()

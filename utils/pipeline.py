@@ -47,8 +47,9 @@ def train_detectors(run: Path, la: LAOOD, force: bool = False, log=print) -> Pat
             cal = la.calibration_
             write_json(tmp / "calibration.json", {"mean": cal.mean.tolist(), "std": cal.std.tolist(),
                                                   "tail_level": TAIL_LEVEL, "tail": cal.tail.tolist()})
-    log(f"{len(la.detectors_)} {la.detector} detectors fitted on {len(train['logits'])} images in {seconds:.0f}s "
-        f"-> {out}")
+    held = f" ({la.calibration_size} more held back to calibrate)" if la.calibration_size else ""
+    log(f"{len(la.detectors_)} {la.detector} detectors fitted on {len(train['logits']) - la.calibration_size} "
+        f"images{held} in {seconds:.0f}s -> {out}")
     return out
 
 
