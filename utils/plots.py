@@ -8,7 +8,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 
 def _layer_rows(rows: List[Dict]) -> List[Dict]:
@@ -67,14 +67,19 @@ def histograms(ind: np.ndarray, oods: Dict[str, np.ndarray], path: Path) -> None
 def roc_curves(curves: Dict[str, tuple], path: Path, title: str) -> None:
     """ROC curves (OOD positive) of several methods on one comparison: ``{method: (ind, ood)}``."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    for method, (ind, ood) in curves.items():
-        fpr, tpr, _ = roc_curve(np.r_[np.zeros(len(ind)), np.ones(len(ood))], np.r_[ind, ood])
-        ax.plot(fpr, tpr, label=method, lw=1.2)
+    styles = ["-", "--", "-.", ":"]
+    for i, (method, (ind, ood)) in enumerate(curves.items()):
+        labels = np.r_[np.zeros(len(ind)), np.ones(len(ood))]
+        fpr, tpr, _ = roc_curve(labels, np.r_[ind, ood])
+        auroc = 100 * roc_auc_score(labels, np.r_[ind, ood])
+        # Ten colours, then the line style changes, so no two curves look alike.
+        ax.plot(fpr, tpr, label=f"{method} ({auroc:.1f})", lw=1.3, ls=styles[i // 10 % len(styles)],
+                color=f"C{i % 10}")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=0.8)
     ax.set_xlabel("false-positive rate (in-distribution flagged)")
     ax.set_ylabel("true-positive rate (OOD caught)")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="lower right", title="method (AUROC)", title_fontsize=8)
     _save(fig, path)
 
 
