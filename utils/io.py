@@ -99,8 +99,18 @@ class StagingDir:
 
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".partial", dir=self.final.parent))
+        self._remove_abandoned()
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.{os.getpid()}.", suffix=".partial",
+                                         dir=self.final.parent))
         return self.tmp
+
+    def _remove_abandoned(self) -> None:
+        """Delete staging directories of this target left by processes that were killed and no longer run
+        (a hard kill skips ``__exit__``); those of live processes are left alone."""
+        for path in self.final.parent.glob(f".{self.final.name}.*.partial"):
+            pid = path.name[len(self.final.name) + 2:].split(".")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
@@ -114,6 +124,16 @@ class StagingDir:
         os.replace(self.tmp, self.final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # exists, owned by someone else
+        return True
+    return True
 
 
 def format_table(rows: Iterable[Dict[str, Any]], floatfmt: str = "{:.2f}") -> str:
