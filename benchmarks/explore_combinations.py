@@ -50,8 +50,8 @@ def main():
     S = {n: np.load(saved / f"{n}.npy") if (saved / f"{n}.npy").exists() else la.score_layers(f["layers"])
          for n, f in feats.items()}
     S["held"] = la.score_layers([np.asarray(X[held]) for X in train["layers"]])
-    E = {n: energy(f["logits"]) for n, f in feats.items()}
-    E["held"] = energy(train["logits"][held])
+    E = {n: energy(f["logits"])[:, None] for n, f in feats.items()}     # (N, 1): energy as a single "layer"
+    E["held"] = energy(train["logits"][held])[:, None]
 
     def per_layer(make):
         """Another per-layer detector fitted on the kept train features: ``{set: (N, L)}``."""
@@ -63,50 +63,55 @@ def main():
                 out[n].append(det.score(np.asarray(f["layers"][i])))
         return {n: np.stack(v, 1) for n, v in out.items()}
 
-    def z_of(D):
-        cal = Calibration.fit(np.asarray(D["held"]).reshape(len(held), -1))
-        return lambda n: cal.z(np.asarray(D[n]).reshape(len(D[n]), -1))
+    def standardised(D):
+        """Every set's scores standardised on the held-back train images: ``{set: (N, L)}``."""
+        z = Calibration.fit(D["held"]).z
+        return {n: z(v) for n, v in D.items()}
 
-    def excess(D, q):
-        z = z_of(D)
-        tail = np.quantile(z("held"), q, axis=0)
-        return lambda n: np.clip(z(n) - tail, 0, None)
+    def excesses(D, q=0.99):
+        """Every set's per-layer excess beyond the held-back q-quantile: ``{set: (N, L)}``."""
+        x = Calibration.fit(D["held"], tail_level=q).excesses
+        return {n: x(v) for n, v in D.items()}
 
     def row(name, score):
+        """One table row from ``score(set) -> (N,)``."""
         out = []
         for n in SETS:
             i, o = balanced_indices(len(S["test"]), len(S[n]), 0)
             out.append(ood_metrics(score("test")[i], score(n)[o])["auroc"])
         print(f"| {name} | " + " | ".join(f"{a:.2f}" for a in out) + f" | {np.mean(out):.2f} |", flush=True)
 
-    z, ez = z_of(S), z_of(E)
-    e = lambda n: ez(n)[:, 0]  # noqa: E731
+    Z, EZ, X = standardised(S), standardised(E), excesses(S)
+    e = lambda n: EZ[n][:, 0]  # noqa: E731
     print("| variant | " + " | ".join(SETS) + " | mean |\n|---|---|---|---|---|---|")
     row("LA-OOD (raw max)", lambda n: S[n].max(1))
-    row("Energy", lambda n: E[n])
-    row("calibrated max", lambda n: z(n).max(1))
-    row("max over layers of z, energy as one more layer", lambda n: np.maximum(z(n).max(1), e(n)))
-    row("max of z over layers 1-4, plus energy z (4 read off OOD results)", lambda n: z(n)[:, :4].max(1) + e(n))
+    row("Energy", lambda n: E[n][:, 0])
+    row("calibrated max", lambda n: Z[n].max(1))
+    row("max over layers of z, energy as one more layer", lambda n: np.maximum(Z[n].max(1), e(n)))
+    row("max of z over layers 1-4, plus energy z (4 read off OOD results)", lambda n: Z[n][:, :4].max(1) + e(n))
     cal = Calibration.fit(S["held"])
+    stops = {n: early_exit(S[n], cal)[1] for n in S}
     row("early exit (0.99, k = 2), energy for images that never stop",
-        lambda n: np.where(early_exit(S[n], cal)[1] >= 0, 1e3 * (50 - early_exit(S[n], cal)[1]), 0) + e(n))
-    row("energy z + sum of tail excesses at 0.99", lambda n: e(n) + excess(S, 0.99)(n).sum(1))
+        lambda n: np.where(stops[n] >= 0, 1e3 * (50 - stops[n]), 0) + e(n))
+    row("energy z + sum of tail excesses at 0.99", lambda n: e(n) + X[n].sum(1))
     for q in (0.95, 0.99, 0.999):
+        Xq = X if q == 0.99 else excesses(S, q)
         row(f"energy z + max tail excess at {q}{' (LA-OOD tail + Energy)' if q == 0.99 else ''}",
-            lambda n, q=q: e(n) + excess(S, q)(n).max(1))
+            lambda n, Xq=Xq: e(n) + Xq[n].max(1))
     # Atypically small activations: each layer's feature norm, its lower tail (negated, so small = high).
-    norms = {n: -np.stack([np.linalg.norm(np.asarray(X), axis=1) for X in f["layers"]], 1) for n, f in feats.items()}
-    norms["held"] = -np.stack([np.linalg.norm(np.asarray(X[held]), axis=1) for X in train["layers"]], 1)
+    norms = {n: -np.stack([np.linalg.norm(np.asarray(L), axis=1) for L in f["layers"]], 1) for n, f in feats.items()}
+    norms["held"] = -np.stack([np.linalg.norm(np.asarray(L[held]), axis=1) for L in train["layers"]], 1)
+    XN = excesses(norms)
     row("LA-OOD tail + Energy, plus max tail excess at 0.99 of small feature norms",
-        lambda n: e(n) + np.maximum(excess(S, 0.99)(n).max(1), excess(norms, 0.99)(n).max(1)))
-    maha = per_layer(lambda X, y: Mahalanobis().fit(X, y))
-    row("per-layer Mahalanobis, calibrated max", lambda n: z_of(maha)(n).max(1))
-    row("energy z + max tail excess at 0.99 of per-layer Mahalanobis", lambda n: e(n) + excess(maha, 0.99)(n).max(1))
+        lambda n: e(n) + np.maximum(X[n].max(1), XN[n].max(1)))
+    others = {"Mahalanobis": lambda A, y: Mahalanobis().fit(A, y)}
     if args.knn:
-        knn = per_layer(lambda X, y: KNN(k=50).fit(X))
-        row("per-layer KNN, calibrated max", lambda n: z_of(knn)(n).max(1))
-        row("energy z + max tail excess at 0.99 of per-layer KNN", lambda n: e(n) + excess(knn, 0.99)(n).max(1))
-
+        others["KNN"] = lambda A, y: KNN(k=50).fit(A)
+    for name, make in others.items():
+        D = per_layer(make)
+        ZD, XD = standardised(D), excesses(D)
+        row(f"per-layer {name}, calibrated max", lambda n: ZD[n].max(1))
+        row(f"energy z + max tail excess at 0.99 of per-layer {name}", lambda n: e(n) + XD[n].max(1))
 
 if __name__ == "__main__":
     main()

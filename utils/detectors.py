@@ -261,13 +261,18 @@ class Calibration:
         """Calibrated LA-OOD: the maximum over layers of the standardised per-layer scores."""
         return self.z(layer_scores).max(axis=1)
 
-    def tail_excess(self, layer_scores: np.ndarray) -> np.ndarray:
-        """The largest amount by which any layer's standardised score exceeds that layer's in-distribution
-        ``tail`` quantile; 0 for an image that no layer finds atypical."""
+    def excesses(self, layer_scores: np.ndarray) -> np.ndarray:
+        """``(N, L)``: how far each layer's standardised score lies beyond that layer's in-distribution
+        ``tail`` quantile (0 inside it)."""
         if self.tail is None:
             raise ValueError("this calibration has no tail quantiles (written by an older version); "
                              "refit the detectors with train_ood_detectors.py --force")
-        return np.clip(self.z(layer_scores) - self.tail, 0, None).max(axis=1)
+        return np.clip(self.z(layer_scores) - self.tail, 0, None)
+
+    def tail_excess(self, layer_scores: np.ndarray) -> np.ndarray:
+        """The largest amount by which any layer's standardised score exceeds that layer's in-distribution
+        ``tail`` quantile; 0 for an image that no layer finds atypical."""
+        return self.excesses(layer_scores).max(axis=1)
 
 
 def tail_plus_energy(layer_scores: np.ndarray, calib: Calibration, energy_z: np.ndarray) -> np.ndarray:

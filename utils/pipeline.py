@@ -184,16 +184,19 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
     oods = {name: load_features(run, name, expect_sha=sha) for name in ood_names}
     out = Layout.results(run, la.tag)
     scores = {name: la.score_layers(f["layers"]) for name, f in {"test": test, **oods}.items()}
+    cache = {} if baseline_cache is None else baseline_cache
+    need_baselines = bool(baselines) and "scores" not in cache
+    # Read once, and only where something needs the train split (memory-mapped: only used arrays are read).
+    train = load_features(run, "train") if la.calibration_ is not None or need_baselines else None
     others, exit_table = {}, None
     if la.calibration_ is not None:
         fs = test["manifest"]["settings"]
-        ez = energy_z(la, load_features(run, "train"), {"test": test, **oods})
+        ez = energy_z(la, train, {"test": test, **oods})
         others, exit_table = calibrated_variants(la, scores, fs["arch"], test["logits"].shape[1], exit_threshold,
                                                  exit_k, ez)
     if baselines:
-        cache = {} if baseline_cache is None else baseline_cache
-        if "scores" not in cache:
-            cache["scores"] = baseline_scores(load_features(run, "train"), {"test": test, **oods}, baselines)
+        if need_baselines:
+            cache["scores"] = baseline_scores(train, {"test": test, **oods}, baselines)
         others.update(cache["scores"])
     ind_scores = scores["test"]
     summary, tables = [], {}

@@ -8,7 +8,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+from sklearn.metrics import auc, roc_curve  # noqa: E402
 
 
 def _layer_rows(rows: List[Dict]) -> List[Dict]:
@@ -69,9 +69,8 @@ def roc_curves(curves: Dict[str, tuple], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 5))
     styles = ["-", "--", "-.", ":"]
     for i, (method, (ind, ood)) in enumerate(curves.items()):
-        labels = np.r_[np.zeros(len(ind)), np.ones(len(ood))]
-        fpr, tpr, _ = roc_curve(labels, np.r_[ind, ood])
-        auroc = 100 * roc_auc_score(labels, np.r_[ind, ood])
+        fpr, tpr, _ = roc_curve(np.r_[np.zeros(len(ind)), np.ones(len(ood))], np.r_[ind, ood])
+        auroc = 100 * auc(fpr, tpr)
         # Ten colours, then the line style changes, so no two curves look alike.
         ax.plot(fpr, tpr, label=f"{method} ({auroc:.1f})", lw=1.3, ls=styles[i // 10 % len(styles)],
                 color=f"C{i % 10}")
