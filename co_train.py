@@ -7,6 +7,7 @@ Starts from the given checkpoint (the original built a fresh model and ignored -
 the detectors that train_ood_detectors.py fitted on that checkpoint's features.
 """
 import argparse
+import logging
 from pathlib import Path
 
 from models import get_recipe, load_model
@@ -15,8 +16,10 @@ from utils.cli import (add_data_args, add_model_args, add_train_args, data_confi
 from utils.cotrain import CoTrainLoss, mean_decision
 from utils.data import NUM_CLASSES
 from utils.engine import fit, load_splits
-from utils.paths import Layout
-from utils.pipeline import load_detectors
+from utils.fitting import load_detectors
+from utils.paths import FINAL, Layout
+
+log = logging.getLogger("co_train")
 
 
 def get_args_parser():
@@ -42,24 +45,24 @@ def main(args):
     run, arch, sha = locate_run(args)
     det_dir = args.detectors or Layout.detectors(run, Layout.detector_tag("ocsvm", args.seed))
     detectors = load_detectors(det_dir, expect_sha=sha).detectors_
-    model = load_model(args.checkpoint, arch, NUM_CLASSES[args.ind]).to(device)
+    model = load_model(args.checkpoint, arch, NUM_CLASSES[args.ind], args.normalization).to(device)
     per_batch = args.layers_per_batch or (model.num_taps if model.num_taps <= 13 else 10)
     loss = CoTrainLoss(model, detectors, lam=args.lam, layers_per_batch=per_batch).to(device)
     cfg = train_config(args, get_recipe(arch))
     train, test = load_splits(data_config(args, oods=[]), layout(args))
     stats = train[0] if args.stats_images is None else train[0][:args.stats_images]
-    out = args.out or Path("checkpoints") / f"{args.ind}-{arch}-cotrain"
+    out = args.out or layout(args).training(args.ind, arch, "cotrain")
 
     def refresh(epoch):
         loss.refresh_statistics(stats, device)
         probe = stats[:2000]
-        print(f"epoch {epoch + 1}: feature statistics from {len(stats)} train images; mean decision value on "
+        log.info(f"epoch {epoch + 1}: feature statistics from {len(stats)} train images; mean decision value on "
               f"{len(probe)} of them {mean_decision(loss, probe, device):.4f}")
 
-    log = fit(model, train, test, cfg, out, device, loss_fn=loss, resume=args.resume, on_epoch_start=refresh,
-              keep_epochs=True)
-    print(f"co-trained {arch} ({sha[:8]}): test accuracy {log[-1]['test_acc']:.2f}% -> {out / 'final.pt'}")
-    return log
+    rows = fit(model, train, test, cfg, out, device, loss_fn=loss, resume=args.resume, on_epoch_start=refresh,
+               keep_epochs=True)
+    log.info(f"co-trained {arch} ({sha[:8]}): test accuracy {rows[-1]['test_acc']:.2f}% -> {out / FINAL}")
+    return rows
 
 
 if __name__ == "__main__":

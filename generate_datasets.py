@@ -3,10 +3,13 @@
     python generate_datasets.py --ind cifar10 --source-root ../shared/data
 """
 import argparse
+import logging
 
 from utils.cli import add_data_args, data_config, layout, run_script
 from utils.data import OOD_SETS, parse_extra
 from utils.generate import generate
+
+log = logging.getLogger("generate_datasets")
 
 
 def get_args_parser():
@@ -25,7 +28,7 @@ def get_args_parser():
 def main(args):
     cfg = data_config(args, oods=args.ood, extra=parse_extra(args.extra_ood))
     written = generate(cfg, layout(args), force=args.force)
-    print(f"{len(written)} sets ready under {layout(args).image_root(cfg.ind, cfg.tag)}")
+    log.info(f"{len(written)} sets ready under {layout(args).image_root(cfg.ind, cfg.tag)}")
     return written
 
 

@@ -8,14 +8,14 @@ Each stage reuses only outputs made from the same checkpoint (by content hash) a
 import argparse
 import time
 
-from utils.cli import (add_baseline_args, add_data_args, add_detector_args, add_model_args, data_config, la_ood,
+from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, data_config, la_ood,
                        layout, positive_int, resolve_device, run_script)
 from utils.data import OOD_SETS, parse_extra
+from utils.detection import detect
 from utils.features import open_backbone, save_features
+from utils.fitting import train_detectors
 from utils.generate import generate
-from utils.io import format_table
-from utils.paths import Layout
-from utils.pipeline import detect, train_detectors
+from utils.paths import IND_SPLITS, SUMMARY_MD, Layout
 
 QUICK = {"max_train": 10000, "max_test": 2000, "max_ood": 2000}
 
@@ -33,7 +33,7 @@ def get_args_parser():
     parser.add_argument("--download", action="store_true", help="let torchvision download sets it offers")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     parser.add_argument("--odin", action="store_true", help="also compute the ODIN baseline (needs input gradients)")
-    add_baseline_args(parser)
+    add_method_args(parser)
     parser.add_argument("--quick", action="store_true",
                         help="reduced run: seeded subsets of 10,000 train, 2,000 test and 2,000 images per OOD set "
                              "(explicit --max-* flags win)")
@@ -46,24 +46,25 @@ def main(args):
         for key, value in QUICK.items():
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, value)
-    timings, t = {}, time.time()
+    # Every input is checked before anything is written: names, the checkpoint and its fit to the model.
     cfg, lay = data_config(args, oods=args.ood, extra=parse_extra(args.extra_ood)), layout(args)
+    device = resolve_device(args.device)
+    model, sha = open_backbone(args.checkpoint, args.ind, args.model, device, args.normalization)
+    timings, t = {}, time.time()
     sets = generate(cfg, lay)
     timings["generate_s"], t = time.time() - t, time.time()
-    device = resolve_device(args.device)
-    model, sha = open_backbone(args.checkpoint, args.ind, args.model, device)
     run = save_features(model, sha, lay, args.ind, cfg.tag, list(sets), device, args.batch_size, odin=args.odin)
     timings["features_s"], t = time.time() - t, time.time()
     la = la_ood(args, model.arch)
     det_dir = train_detectors(run, la)
     timings["detectors_s"], t = time.time() - t, time.time()
-    oods = [name for name in sets if name not in ("train", "test")]
-    summary = detect(run, det_dir, oods, seed=args.seed, n_jobs=args.jobs, baselines=args.baselines,
+    oods = [name for name in sets if name not in IND_SPLITS]
+    summary = detect(run, det_dir, oods, seed=args.seed, n_jobs=args.jobs, methods=args.methods,
                      exit_threshold=args.exit_threshold, exit_k=args.exit_k,
                      record={"stage_seconds": timings})
     timings["detect_s"] = time.time() - t
     print(f"\n{model.arch} on {args.ind} ({sha[:8]}), {cfg.tag}, detector {args.detector}\n")
-    print(format_table(summary))
+    print((Layout.results(run, la.tag) / SUMMARY_MD).read_text())
     print("stage seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in timings.items())
           + f"; results in {Layout.results(run, la.tag)}")
     return summary

@@ -3,11 +3,15 @@
     python save_inter_outputs.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --model vgg16 --ind cifar10
 """
 import argparse
+import logging
 import time
 
 from utils.cli import add_data_args, add_model_args, data_config, layout, positive_int, resolve_device, run_script
 from utils.features import open_backbone, save_features
 from utils.generate import generated_sets
+from utils.paths import IND_SPLITS
+
+log = logging.getLogger("save_inter_outputs")
 
 
 def get_args_parser():
@@ -26,11 +30,11 @@ def get_args_parser():
 def main(args):
     device = resolve_device(args.device)
     cfg, lay = data_config(args), layout(args)
-    model, sha = open_backbone(args.checkpoint, args.ind, args.model, device)
-    names = args.sets or ["train", "test"] + generated_sets(lay, args.ind, cfg.tag)
+    model, sha = open_backbone(args.checkpoint, args.ind, args.model, device, args.normalization)
+    names = args.sets or list(IND_SPLITS) + generated_sets(lay, args.ind, cfg.tag)
     start = time.time()
     run = save_features(model, sha, lay, args.ind, cfg.tag, names, device, args.batch_size, args.force, args.odin)
-    print(f"features of {len(names)} sets from {model.arch} ({sha[:8]}) on {device} in {time.time() - start:.0f}s "
+    log.info(f"features of {len(names)} sets from {model.arch} ({sha[:8]}) on {device} in {time.time() - start:.0f}s "
           f"-> {run / 'features'}")
     return run
 

@@ -4,14 +4,19 @@
     torchrun --nproc_per_node 2 train_backbone_model.py --model vgg16 ...        # data-parallel
 """
 import argparse
+import logging
 from pathlib import Path
 
 import torch
 
 from models import create_model, get_recipe, list_models, load_model
-from utils.cli import add_data_args, add_train_args, data_config, layout, resolve_device, run_script, train_config
+from utils.cli import (add_data_args, add_normalization_arg, add_train_args, data_config, layout, resolve_device,
+                       run_script, train_config)
 from utils.data import NUM_CLASSES
 from utils.engine import distributed, evaluate, fit, load_splits
+from utils.paths import FINAL
+
+log = logging.getLogger("train_backbone_model")
 
 
 def get_args_parser():
@@ -21,6 +26,7 @@ def get_args_parser():
     parser.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, mps")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default: checkpoints/<ind>-<model>-<schedule>)")
+    add_normalization_arg(parser)
     add_train_args(parser)
     parser.add_argument("--eval-only", type=Path, default=None, metavar="CHECKPOINT",
                         help="only report the float32 test accuracy of this checkpoint")
@@ -34,22 +40,25 @@ def main(args):
         device = torch.device("cuda", rank % torch.cuda.device_count())
     if args.eval_only:
         _, test = load_splits(data_config(args, oods=[]), layout(args))
-        model = load_model(args.eval_only, args.model, NUM_CLASSES[args.ind]).to(device)
+        model = load_model(args.eval_only, args.model, NUM_CLASSES[args.ind], args.normalization).to(device)
         result = evaluate(model, *test, device, amp="off")
+        norm = model.normalization
         print(f"{args.model} {args.eval_only}: {result['test_acc']:.2f}% on {len(test[0])} {args.ind} test images "
-              f"(float32)")
+              f"(float32, {norm.name} normalisation: mean {norm.mean}, std {norm.std})")
         return result
     cfg = train_config(args, get_recipe(args.model))
-    out = args.out or Path("checkpoints") / f"{args.ind}-{args.model}-{cfg.schedule}"
+    out = args.out or layout(args).training(args.ind, args.model, cfg.schedule)
     train, test = load_splits(data_config(args, oods=[]), layout(args))
     model = create_model(args.model, NUM_CLASSES[args.ind])
+    if args.normalization is not None:
+        model.normalization = args.normalization
     if rank == 0:
-        print(f"{args.model} on {args.ind}: {len(train[0])} train / {len(test[0])} test images, {device}, "
+        log.info(f"{args.model} on {args.ind}: {len(train[0])} train / {len(test[0])} test images, {device}, "
               f"world {world}, {cfg}")
-    log = fit(model, train, test, cfg, out, device, resume=args.resume)
-    if rank == 0 and log:
-        print(f"final test accuracy {log[-1]['test_acc']:.2f}% -> {out / 'final.pt'}")
-    return log
+    rows = fit(model, train, test, cfg, out, device, resume=args.resume)
+    if rank == 0 and rows:
+        log.info(f"final test accuracy {rows[-1]['test_acc']:.2f}% -> {out / FINAL}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 import argparse
 
 from utils.cli import add_data_args, add_detector_args, add_model_args, la_ood, locate_run, run_script
-from utils.pipeline import train_detectors
+from utils.fitting import train_detectors
 
 
 def get_args_parser():

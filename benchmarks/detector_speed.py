@@ -28,7 +28,7 @@ from utils.detectors import GAMMAS, LAOOD, NU, ood_score, sas_k  # noqa: E402
 from utils.features import load_features  # noqa: E402
 from utils.io import sha256_file  # noqa: E402
 from utils.metrics import ood_metrics  # noqa: E402
-from utils.pipeline import balanced_indices  # noqa: E402
+from utils.tables import balanced_indices  # noqa: E402
 
 
 def reference_layer(X, seed):

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils.baselines import KNN, Mahalanobis, energy  # noqa: E402
+from utils.methods import KNN, Mahalanobis, energy  # noqa: E402
 from utils.detectors import Calibration, calibration_split, early_exit  # noqa: E402
 from utils.features import load_features  # noqa: E402
 from utils.metrics import ood_metrics  # noqa: E402
-from utils.paths import Layout  # noqa: E402
-from utils.pipeline import balanced_indices, load_detectors  # noqa: E402
+from utils.paths import Layout, scores_file  # noqa: E402
+from utils.fitting import load_detectors  # noqa: E402
+from utils.tables import balanced_indices  # noqa: E402
 
 SETS = ("tiny", "dtd", "cifar100", "pure_color")
 CHECKPOINT_TAGS = {"vgg16": "vgg16-ce8d1176", "resnet20": "resnet20-12fca82f", "resnet56": "resnet56-4bfd9763"}
@@ -46,8 +47,8 @@ def main():
     held, kept = calibration_split(len(train["logits"]), args.calibration_size, args.seed)
 
     # Per-layer One-Class SVM scores: held-out train, test and OOD sets.
-    saved = run / "results" / tag / "scores"
-    S = {n: np.load(saved / f"{n}.npy") if (saved / f"{n}.npy").exists() else la.score_layers(f["layers"])
+    saved = Layout.results(run, tag)
+    S = {n: np.load(scores_file(saved, n)) if scores_file(saved, n).exists() else la.score_layers(f["layers"])
          for n, f in feats.items()}
     S["held"] = la.score_layers([np.asarray(X[held]) for X in train["layers"]])
     E = {n: energy(f["logits"])[:, None] for n, f in feats.items()}     # (N, 1): energy as a single "layer"

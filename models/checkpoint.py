@@ -1,16 +1,24 @@
-"""Checkpoints that carry what is needed to rebuild their model (``arch``, ``num_classes``, ``state_dict``).
+"""Checkpoints that carry what is needed to rebuild and feed their model (``arch``, ``num_classes``,
+``normalization``, ``state_dict``); they are written by ``utils.io.save_checkpoint``.
 
 Also reads the original LA-OOD code's plain ``state_dict`` files and ``{'state_dict': ...}`` files saved
 from ``DataParallel`` (keys prefixed ``module.``), given the architecture name.
 """
-import os
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 
+from .preprocess import Normalization
 from .registry import create_model, list_models
+
+
+class Checkpoint(NamedTuple):
+    arch: Optional[str]                     # None for a plain state dict
+    num_classes: Optional[int]
+    state_dict: dict
+    normalization: Optional[Normalization]  # None where the file does not say
 
 
 def _head_classes(state_dict: dict) -> Optional[int]:
@@ -19,8 +27,8 @@ def _head_classes(state_dict: dict) -> Optional[int]:
     return int(weights[-1].shape[0]) if weights else None
 
 
-def read_checkpoint(path) -> Tuple[Optional[str], Optional[int], dict, dict]:
-    """Returns ``(arch, num_classes, state_dict, extra)`` with any ``module.`` prefix stripped."""
+def read_checkpoint(path) -> Checkpoint:
+    """What a checkpoint file says of its model, with any ``module.`` prefix stripped from the keys."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train one with train_backbone_model.py "
@@ -31,25 +39,28 @@ def read_checkpoint(path) -> Tuple[Optional[str], Optional[int], dict, dict]:
         raise ValueError(f"checkpoint {path} could not be read as a PyTorch file: {e}") from e
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
-    arch, num_classes, extra = obj.get("arch"), obj.get("num_classes"), {}
+    arch, num_classes = obj.get("arch"), obj.get("num_classes")
+    norm = Normalization.from_dict(obj["normalization"]) if isinstance(obj.get("normalization"), dict) else None
     if isinstance(obj.get("state_dict"), dict):
-        extra = {k: v for k, v in obj.items() if k not in ("arch", "num_classes", "state_dict")}
         state_dict = obj["state_dict"]
     else:
         state_dict = obj
     state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
     if num_classes is None:
         num_classes = _head_classes(state_dict)
-    return arch, num_classes, state_dict, extra
+    return Checkpoint(arch, num_classes, state_dict, norm)
 
 
-def load_model(path, arch: Optional[str] = None, num_classes: Optional[int] = None) -> nn.Module:
+def load_model(path, arch: Optional[str] = None, num_classes: Optional[int] = None,
+               normalization: Optional[Normalization] = None) -> nn.Module:
     """Rebuild a model from a checkpoint and load its weights with ``strict=True``, in float32.
 
     ``arch`` is needed only for plain state dicts; when a checkpoint names its architecture, a
-    different ``arch`` is an error rather than a silent switch.
+    different ``arch`` is an error rather than a silent switch. The model's ``normalization`` is the
+    checkpoint's, else ``normalization``, else the recipe's default; a ``normalization`` that contradicts
+    the one the checkpoint records is an error.
     """
-    saved_arch, saved_classes, state_dict, _ = read_checkpoint(path)
+    saved_arch, saved_classes, state_dict, saved_norm = read_checkpoint(path)
     if saved_arch and arch and saved_arch != arch:
         raise ValueError(f"checkpoint {path} holds a {saved_arch}, but --model {arch} was asked for")
     arch = saved_arch or arch
@@ -59,7 +70,12 @@ def load_model(path, arch: Optional[str] = None, num_classes: Optional[int] = No
     if num_classes is not None and saved_classes is not None and num_classes != saved_classes:
         raise ValueError(f"checkpoint {path} has {saved_classes} classes, but {num_classes} were expected "
                          f"(is it trained on another in-distribution set?)")
+    if saved_norm is not None and normalization is not None and not saved_norm.same_as(normalization):
+        raise ValueError(f"checkpoint {path} records its input normalisation ({saved_norm.name}: mean "
+                         f"{saved_norm.mean}, std {saved_norm.std}); --normalization {normalization.name} "
+                         f"contradicts it. Leave the flag out for this file")
     model = create_model(arch, saved_classes or num_classes or 10)
+    model.normalization = saved_norm or normalization or model.normalization
     own = model.state_dict()
     # Files saved before PyTorch 0.4.1 (e.g. the akamaster ResNets) lack BatchNorm's step counter,
     # which only matters for momentum=None; PyTorch itself fills it in for such files.
@@ -77,13 +93,3 @@ def load_model(path, arch: Optional[str] = None, num_classes: Optional[int] = No
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()},
                           strict=True)
     return model.eval()
-
-
-def save_model(model: nn.Module, path, **extra) -> None:
-    """Write ``{'arch', 'num_classes', 'state_dict', **extra}`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"arch": model.arch, "num_classes": model.num_classes, "state_dict": state, **extra}, tmp)
-    os.replace(tmp, path)

@@ -3,22 +3,26 @@ from typing import Callable, Dict, List, Optional
 
 import torch.nn as nn
 
+from .preprocess import PRESETS
+
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
 _RECIPES: Dict[str, Dict] = {}
 
 # The original code's CIFAR training schedule for ResNet34; the default for models without their own.
-_DEFAULT_RECIPE = dict(epochs=200, batch_size=128, lr=0.1, weight_decay=1e-4, milestones=[100, 150], gamma=0.1)
+_DEFAULT_RECIPE = dict(epochs=200, batch_size=128, lr=0.1, weight_decay=1e-4, milestones=[100, 150], gamma=0.1,
+                       normalization="imagenet")
 
 
 def register_model(fn: Optional[Callable[..., nn.Module]] = None, *, recipe: Optional[Dict] = None):
     """Decorator: register ``fn(num_classes=...)`` under its function name, with its training recipe.
 
-    A recipe holds the default ``epochs``, ``batch_size``, ``lr``, ``weight_decay`` and a step schedule
-    (``milestones`` and decay ``gamma``, or ``step_size`` and ``gamma``).
+    A recipe holds the default ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, a step schedule
+    (``milestones`` and decay ``gamma``, or ``step_size`` and ``gamma``) and the input ``normalization``
+    preset (``imagenet`` unless it says otherwise).
     """
     def wrap(f):
         _MODELS[f.__name__] = f
-        _RECIPES[f.__name__] = dict(recipe or _DEFAULT_RECIPE)
+        _RECIPES[f.__name__] = {"normalization": "imagenet", **(recipe or _DEFAULT_RECIPE)}
         return f
     return wrap(fn) if fn is not None else wrap
 
@@ -39,4 +43,5 @@ def create_model(name: str, num_classes: int = 10) -> nn.Module:
     model = _MODELS[name](num_classes=num_classes)
     model.arch = name
     model.num_classes = num_classes
+    model.normalization = PRESETS[_RECIPES[name]["normalization"]]
     return model

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import CHECKPOINTS, DATA, need
-from models import load_model
+from models import PRESETS, load_model
 from utils.data import find_source, load_subset
 from utils.engine import evaluate
 
@@ -15,12 +15,15 @@ def cifar10_test():
     return load_subset(source, None, seed=0)
 
 
-@pytest.mark.parametrize("file,arch,stated", [("vgg16-cifar10.pt", "vgg16", 90.18),
-                                              ("resnet20-cifar10-akamaster.th", "resnet20", 91.73),
-                                              ("resnet56-cifar10-akamaster.th", "resnet56", 93.39)])
-def test_stated_accuracy_within_a_tenth_of_a_point(cifar10_test, file, arch, stated):
+@pytest.mark.parametrize("file,arch,norm,stated", [
+    ("vgg16-cifar10.pt", "vgg16", None, 90.18),
+    ("resnet20-cifar10-akamaster.th", "resnet20", None, 91.73),
+    ("resnet56-cifar10-akamaster.th", "resnet56", None, 93.39),
+    ("densenet100-cifar10-dice.pth.tar", "densenet100", "cifar", 94.54),   # DICE's own normalisation
+])
+def test_stated_accuracy_within_a_tenth_of_a_point(cifar10_test, file, arch, norm, stated):
     images, labels = cifar10_test
     assert len(images) == 10000
-    model = load_model(need(CHECKPOINTS / file), arch, 10)
+    model = load_model(need(CHECKPOINTS / file), arch, 10, PRESETS[norm] if norm else None)
     acc = evaluate(model, images, labels, torch.device("cpu"), amp="off")["test_acc"]
     assert abs(acc - stated) <= 0.1, f"{arch}: {acc:.2f}% measured, {stated}% stated"

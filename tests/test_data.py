@@ -1,5 +1,8 @@
 """generate_datasets.py: every source kind, resizing, subsets, pure_color and clear errors."""
+import logging
 import pickle
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -7,9 +10,9 @@ import pytest
 from PIL import Image
 
 import generate_datasets
-from conftest import DATA, need
+from conftest import DATA, ROOT, need
 from utils.data import (find_source, folder_source, load_subset, parse_extra, pure_color_source, subset_indices,
-                        to_32x32)
+                        to_32x32, variant)
 from utils.generate import DataConfig, generate, load_images
 from utils.paths import Layout
 
@@ -103,29 +106,30 @@ def test_torchvision_layouts(tmp_path):
     assert lsun.count == tiny.count == 3 and lsun.labels is None
 
 
-def test_generate_writes_sets_skips_missing_and_reuses(tmp_path):
+def test_generate_writes_sets_skips_missing_and_reuses(tmp_path, caplog):
     _cifar10_pickles(tmp_path / "raw")
     for i in range(5):
         _png(tmp_path / "extra" / f"{i}.png", (i, i, i))
-    lines = []
     cfg = DataConfig(ind="cifar10", oods=["svhn", "pure_color"], extra=parse_extra([f"mine={tmp_path / 'extra'}"]),
                      roots=[tmp_path / "raw"], max_ood=7, seed=0)
     layout = Layout(tmp_path / "gen", tmp_path / "runs")
-    done = generate(cfg, layout, log=lines.append)
+    with caplog.at_level(logging.INFO, logger="utils.generate"):
+        done = generate(cfg, layout)
     assert set(done) == {"train", "test", "pure_color", "mine"}
-    assert any(line.startswith("skipping svhn") and "test_32x32.mat" in line for line in lines)
+    assert any(r.message.startswith("skipping svhn") and "test_32x32.mat" in r.message for r in caplog.records)
     images, labels, manifest = load_images(layout, "cifar10", cfg.tag, "pure_color")
     assert images.shape == (7, 32, 32, 3) and manifest["count"] == 7
     assert load_images(layout, "cifar10", cfg.tag, "train")[0].shape == (20, 32, 32, 3)
-    lines.clear()
-    generate(cfg, layout, log=lines.append)
-    assert sum("already complete" in line for line in lines) == 4
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="utils.generate"):
+        generate(cfg, layout)
+    assert sum("already complete" in r.message for r in caplog.records) == 4
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):
     layout = Layout(tmp_path / "gen", tmp_path / "runs")
     with pytest.raises(FileNotFoundError, match=r"in-distribution set cifar10 \(train\).*cifar-10-batches-py"):
-        generate(DataConfig(roots=[tmp_path]), layout, log=lambda _: None)
+        generate(DataConfig(roots=[tmp_path]), layout)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images found"):
         folder_source(tmp_path / "empty")
@@ -168,3 +172,19 @@ def test_shared_archives_read_in_place():
     assert dtd.count == 1200 and len(dtd.classes) == 10
     c100, _ = find_source("cifar100", "test", [DATA])
     assert c100.count == 10000 and len(c100.classes) == 100
+    lsun, _ = find_source("lsun", "test", [DATA])
+    assert lsun.count == 10000 and lsun.description.endswith("lsun-resize.zip:LSUN_resize")
+    assert variant("lsun", lsun.description) == "resize" and variant("lsun", "data/LSUN") == "crop"
+    assert lsun.load([0]).shape == (1, 32, 32, 3)
+
+
+def test_unsafe_set_names_are_refused_before_anything_is_written(tmp_path):
+    for bad in ("../x", "a/b", "x y", ".hidden"):
+        with pytest.raises(ValueError, match="not allowed"):
+            parse_extra([f"{bad}={tmp_path}"])
+    assert parse_extra([f"my-set_2={tmp_path}"]) == {"my-set_2": tmp_path}
+    gen = tmp_path / "gen"
+    done = subprocess.run([sys.executable, "generate_datasets.py", "--extra-ood", f"../x={DATA}", "--source-root",
+                           str(DATA), "--data-root", str(gen)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode != 0 and "'../x' is not allowed" in done.stderr
+    assert not gen.exists()

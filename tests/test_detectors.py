@@ -3,8 +3,8 @@ import joblib
 import numpy as np
 import pytest
 
-from utils.detectors import LAOOD, fit_layer, ood_score, sas_k, select_gamma, shift_data
-from utils.pipeline import balanced_indices, layer_table
+from utils.detectors import LAOOD, Calibration, early_exit, exit_cost, fit_layer, ood_score, sas_k, select_gamma, shift_data
+from utils.tables import balanced_indices, layer_table
 
 
 def test_sas_k():
@@ -110,7 +110,6 @@ def test_balanced_indices_are_random_not_first():
 
 
 def test_calibrated_maximum_standardises_each_layer():
-    from utils.detectors import Calibration
     held_out = np.array([[0.0, 100.0], [2.0, 300.0]])          # layer 2 lives on a 100x larger scale
     cal = Calibration.fit(held_out)
     np.testing.assert_allclose(cal.mean, [1.0, 200.0])
@@ -120,7 +119,6 @@ def test_calibrated_maximum_standardises_each_layer():
 
 
 def test_early_exit_bookkeeping():
-    from utils.detectors import Calibration, early_exit, exit_cost
     cal = Calibration(np.zeros(4), np.ones(4))                  # z = raw score; Phi(z) > 0.99 iff z > 2.326
     scores = np.array([
         [3.0, 3.0, 0.0, 0.0],     # stops at layer 2 (two exceedances in a row)
@@ -136,8 +134,7 @@ def test_early_exit_bookkeeping():
     assert exit_cost(stop, [10, 20, 60, 100], 100) == pytest.approx((0.2 + 1.0 + 0.6 + 1.0 + 1.0) / 5)
 
 
-def test_tail_excess_and_tail_plus_energy():
-    from utils.detectors import Calibration, tail_plus_energy
+def test_tail_excess():
     held_out = np.stack([np.arange(101.0), 10 * np.arange(101.0)], axis=1)   # layer 2 on a 10x scale
     cal = Calibration.fit(held_out, tail_level=0.99)
     z99 = (99.0 - 50.0) / np.arange(101.0).std()
@@ -150,7 +147,5 @@ def test_tail_excess_and_tail_plus_energy():
         [99.0 + 1 * sd, 10 * (99.0 + 0.5 * sd)],  # the larger of the two excesses counts
     ])
     np.testing.assert_allclose(cal.tail_excess(scores), [0.0, 2.0, 3.0, 1.0], atol=1e-9)
-    energy_z = np.array([1.5, -1.0, 0.0, 0.25])
-    np.testing.assert_allclose(tail_plus_energy(scores, cal, energy_z), [1.5, 1.0, 3.0, 1.25], atol=1e-9)
     with pytest.raises(ValueError, match="tail quantiles"):
         Calibration(np.zeros(2), np.ones(2)).tail_excess(scores)

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from utils.io import MANIFEST, StagingDir, is_complete
+from utils.io import StagingDir, format_table, is_complete, write_csv
+from utils.paths import MANIFEST
 
 
 def test_staging_dir_swaps_in_whole_and_keeps_the_old_on_failure(tmp_path):
@@ -37,3 +38,11 @@ def test_abandoned_staging_of_dead_processes_is_removed(tmp_path):
         assert str(os.getpid()) in tmp.name
         assert not abandoned.exists() and live.exists() and other.exists()
     assert is_complete(final, {"n": 1})
+
+
+def test_write_csv_takes_the_union_of_the_rows_keys(tmp_path):
+    """Layers that tried different gammas give selection rows with different keys (DenseNet's wider grid)."""
+    rows = [{"layer": 0, "error@0.1": 0.2}, {"layer": 1, "error@0.1": 0.3, "error@1": 0.1}]
+    write_csv(tmp_path / "t.csv", rows)
+    assert (tmp_path / "t.csv").read_text().splitlines() == ["layer,error@0.1,error@1", "0,0.2,", "1,0.3,0.1"]
+    assert format_table(rows).splitlines()[2] == "| 0 | 0.20 |  |"

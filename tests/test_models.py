@@ -4,7 +4,8 @@ import torch
 import torch.nn as nn
 
 from conftest import CHECKPOINTS, need
-from models import create_model, list_models, load_model, save_model
+from models import PRESETS, create_model, list_models, load_model, parse_normalization, read_checkpoint
+from utils.io import save_checkpoint
 
 # Tap counts of the original code, and its state_dict sizes (entries, parameters) for 10 and 100 classes.
 EXPECTED = {
@@ -85,7 +86,7 @@ def test_vgg_taps_are_conv_outputs_before_batchnorm():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_checkpoint_round_trip_strict(tmp_path, name):
     model = create_model(name, 100)
-    save_model(model, tmp_path / "m.pt", epoch=3)
+    save_checkpoint(model, tmp_path / "m.pt", epoch=3)
     loaded = load_model(tmp_path / "m.pt")
     assert loaded.arch == name and loaded.num_classes == 100
     for k, v in model.state_dict().items():
@@ -117,7 +118,7 @@ def test_wrong_checkpoint_errors_are_clear(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not be read"):
         load_model(tmp_path / "junk.pt", "vgg16")
-    save_model(create_model("resnet20"), tmp_path / "r20.pt")
+    save_checkpoint(create_model("resnet20"), tmp_path / "r20.pt")
     with pytest.raises(ValueError, match="holds a resnet20, but --model vgg16"):
         load_model(tmp_path / "r20.pt", "vgg16")
 
@@ -131,3 +132,33 @@ def test_tap_macs(name, mmacs):
     assert total / 1e6 == pytest.approx(mmacs, abs=0.1)
     assert len(cumulative) == create_model(name).num_taps
     assert all(a < b for a, b in zip(cumulative, cumulative[1:])) and cumulative[-1] <= total
+
+
+def test_normalization_travels_with_the_weights(tmp_path):
+    model = create_model("resnet20")
+    assert model.normalization == PRESETS["imagenet"]              # the recipe's default
+    model.normalization = PRESETS["cifar"]
+    save_checkpoint(model, tmp_path / "c.pt")
+    assert read_checkpoint(tmp_path / "c.pt").normalization.same_as(PRESETS["cifar"])
+    assert load_model(tmp_path / "c.pt").normalization.same_as(PRESETS["cifar"])
+    with pytest.raises(ValueError, match="records its input normalisation"):
+        load_model(tmp_path / "c.pt", normalization=PRESETS["imagenet"])
+    # A plain state dict takes the flag, else the recipe's default.
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    assert load_model(tmp_path / "plain.pt", "resnet20").normalization == PRESETS["imagenet"]
+    assert load_model(tmp_path / "plain.pt", "resnet20", normalization=PRESETS["cifar"]).normalization.name == "cifar"
+
+
+def test_parse_normalization():
+    assert parse_normalization("cifar") == PRESETS["cifar"]
+    custom = parse_normalization("0.5,0.5,0.5,0.25,0.25,0.25")
+    assert custom.mean == (0.5, 0.5, 0.5) and custom.std == (0.25, 0.25, 0.25)
+    for bad in ("imagnet", "1,2,3", "0.5,0.5,0.5,0,1,1"):
+        with pytest.raises(ValueError, match="preset"):
+            parse_normalization(bad)
+
+
+def test_densenet_dice_checkpoint_loads_with_its_normalisation():
+    model = load_model(need(CHECKPOINTS / "densenet100-cifar10-dice.pth.tar"), "densenet100", 10,
+                       parse_normalization("cifar"))
+    assert model.num_taps == 100 and model.normalization.name == "cifar"

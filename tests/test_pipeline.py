@@ -1,5 +1,6 @@
 """Stage scripts end to end on real data (small), reuse by content hash, and clear errors on bad input."""
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -14,7 +15,10 @@ import train_ood_detectors
 from conftest import CHECKPOINTS, DATA, need
 from models import load_model
 from utils.data import to_input
+from utils.detection import detect
+from utils.detectors import LAOOD
 from utils.features import extract, load_features
+from utils.fitting import load_detectors, train_detectors
 
 SMALL = ["--max-train", "600", "--max-test", "300", "--max-ood", "300"]
 
@@ -69,10 +73,11 @@ def test_extracted_features_equal_a_plain_forward(small_run, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected_logits.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_rerun_reuses_and_force_recomputes(small_run, capsys):
+def test_rerun_reuses_and_force_recomputes(small_run, caplog):
     args = save_inter_outputs.get_args_parser().parse_args(small_run["common"] + small_run["model"])
-    save_inter_outputs.main(args)
-    assert capsys.readouterr().out.count("already complete") == 4
+    with caplog.at_level(logging.INFO, logger="utils.features"):
+        save_inter_outputs.main(args)
+    assert sum("already complete" in r.message for r in caplog.records) == 4
 
 
 def test_bad_inputs(small_run, tmp_path):
@@ -92,13 +97,12 @@ def test_bad_inputs(small_run, tmp_path):
     run = small_run["run"]
     forged = run.parent.parent / "resnet20-ffffffff" / run.name
     shutil.copytree(run, forged)
-    from utils.pipeline import detect, load_detectors
     manifest = forged / "features" / "test" / "manifest.json"
     data = json.loads(manifest.read_text())
     data["settings"]["checkpoint_sha256"] = "f" * 64
     manifest.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="fitted on features of another checkpoint"):
-        detect(forged, forged / "detectors" / "ocsvm-seed0", ["dtd"], log=lambda _: None)
+        detect(forged, forged / "detectors" / "ocsvm-seed0", ["dtd"])
     # A detector missing for a layer.
     (forged / "detectors" / "ocsvm-seed0" / "layer_007.joblib").unlink()
     with pytest.raises(FileNotFoundError, match="detector of layer 7 is missing"):
@@ -110,14 +114,12 @@ def test_bad_inputs(small_run, tmp_path):
     with pytest.raises(SystemExit):
         run_pipeline.get_args_parser().parse_args(["--checkpoint", "x", "--ood", "imagenet"])
     # Features with NaN.
-    from utils.pipeline import train_detectors
-    from utils.detectors import LAOOD
     layer = np.load(forged / "features" / "train" / "layer_003.npy")
     layer[5, 2] = np.nan
     np.save(forged / "features" / "train" / "layer_003.npy", layer)
     before = sorted(p.name for p in (forged / "detectors").iterdir())
     with pytest.raises(ValueError, match="NaN"):
-        train_detectors(forged, LAOOD(gammas=(0.05,), seed=7, n_jobs=1), log=lambda _: None)
+        train_detectors(forged, LAOOD(gammas=(0.05,), seed=7, n_jobs=1))
     assert sorted(p.name for p in (forged / "detectors").iterdir()) == before   # nothing half written
 
 
@@ -128,8 +130,8 @@ def test_calibrated_detectors_add_the_calibrated_maximum_and_early_exit(small_ru
     assert det.name == "ocsvm-cal150-seed0" and (det / "calibration.json").exists()
     summary = detect_oods.main(detect_oods.get_args_parser().parse_args(common + model + extra))
     methods = {r["method"] for r in summary if r["ood"] == "dtd"}
-    assert {"LA-OOD", "LA-OOD (calibrated)", "early exit (p>0.99 at 2 layers)", "LA-OOD tail + Energy", "MSP",
-            "KNN"} <= methods
+    assert {"LA-OOD", "LA-OOD (calibrated)", "early exit", "LA-OOD tail + Energy", "MSP", "KNN", "ViM", "ReAct",
+            "LA-OOD tail + ViM", "LA-OOD tail + KNN", "LA-OOD tail + ReAct"} <= methods
     calib = json.loads((det / "calibration.json").read_text())
     assert calib["tail_level"] == 0.99 and len(calib["tail"]) == len(calib["mean"])
     exits = (small_run["run"] / "results" / "ocsvm-cal150-seed0" / "early_exit.csv").read_text().splitlines()
@@ -141,7 +143,8 @@ def test_calibrated_detectors_add_the_calibrated_maximum_and_early_exit(small_ru
 def test_spread_over_seeds(small_run):
     common, model = small_run["common"], small_run["model"]
     args = detect_oods.get_args_parser().parse_args(
-        common + model + ["--jobs", "2", "--gammas", "0.01", "0.05", "0.1", "--seeds", "0", "1", "--baselines", "MSP"])
+        common + model + ["--jobs", "2", "--gammas", "0.01", "0.05", "0.1", "--seeds", "0", "1", "--methods", "LA-OOD",
+                          "MSP"])
     rows = {(r["ood"], r["method"]): r for r in detect_oods.main(args)}
     la = rows[("dtd", "LA-OOD")]
     assert la["seeds"] == 2 and la["auroc_std"] >= 0
@@ -158,3 +161,38 @@ def test_spread_over_seeds(small_run):
     # MSP does not depend on the detectors (computed once for both seeds); 300 test and 300 dtd images
     # are all used at every seed, so its spread is exactly zero.
     assert rows[("dtd", "MSP")]["seeds"] == 2 and rows[("dtd", "MSP")]["auroc_std"] == 0
+
+
+def test_a_failing_summary_never_costs_the_fitted_detectors(small_run, monkeypatch):
+    """The selection table is written after the detectors are in place; the figures after the tables."""
+    from utils import detection, fitting
+
+    def broken(path, rows):
+        raise ValueError("dict contains fields not in fieldnames")
+    monkeypatch.setattr(fitting, "write_csv", broken)
+    la = LAOOD(gammas=(0.05, 0.1), seed=11, n_jobs=2)
+    det = train_detectors(small_run["run"], la)
+    assert len(load_detectors(det).detectors_) == 20 and not (det / "selection.csv").exists()
+    monkeypatch.setattr(detection.plots, "roc_curves", lambda *a, **k: 1 / 0)
+    rows = detect(small_run["run"], det, ["dtd", "pure_color"], seed=11, methods=["LA-OOD", "Energy"])
+    res = small_run["run"] / "results" / "ocsvm-seed11"
+    assert (res / "summary.csv").exists() and (res / "dtd.csv").exists() and {r["method"] for r in rows} == {
+        "LA-OOD", "best layer (oracle)", "Energy"}
+
+
+def test_every_method_is_in_the_tables(small_run):
+    methods = {r["method"] for r in small_run["summary"] if r["ood"] == "dtd"}
+    # Without --odin, ODIN is left out; without calibration, the calibrated LA-OOD variants are.
+    assert methods == {"LA-OOD", "best layer (oracle)", "MSP", "Energy", "GEN", "ReAct", "ASH-S", "DICE", "ViM",
+                       "Mahalanobis", "Mahalanobis (all layers)", "KNN"}
+
+
+def test_run_pipeline_checks_inputs_before_writing(tmp_path):
+    parse = run_pipeline.get_args_parser().parse_args
+    common = ["--source-root", str(DATA), "--data-root", str(tmp_path / "gen"), "--runs-root", str(tmp_path / "r")]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_pipeline.main(parse(common + ["--checkpoint", str(tmp_path / "missing.pt"), "--model", "vgg16"]))
+    with pytest.raises(ValueError, match="not allowed"):
+        run_pipeline.main(parse(common + ["--checkpoint", str(CHECKPOINTS / "vgg16-cifar10.pt"), "--model", "vgg16",
+                                          "--extra-ood", f"../evil={DATA}"]))
+    assert not (tmp_path / "gen").exists() and not (tmp_path / "r").exists()

@@ -1,21 +1,26 @@
 """Flags shared by every stage script, so the same thing has the same name everywhere."""
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 import torch
 
-from models import list_models, read_checkpoint
+from models import list_models, parse_normalization, read_checkpoint
 
 from .data import IND_SETS
 from .detectors import GAMMA_GRIDS, GAMMAS, LAOOD, NU
+from .engine import TrainConfig
 from .generate import MAX_OOD, DataConfig
 from .io import sha256_file
+from .methods import list_methods
 from .paths import Layout
 
 
 def run_script(main, get_args_parser) -> None:
-    """A stage script's entry point: bad input ends with one clear line instead of a traceback."""
+    """A stage script's entry point: progress as log lines on stderr, and bad input ends with one clear
+    line instead of a traceback. (Library callers configure ``logging`` as they like: the stages only log.)"""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         main(get_args_parser().parse_args())
     except (ValueError, FileNotFoundError, RuntimeError) as e:
@@ -45,11 +50,26 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (subsets, splits, colours)")
 
 
-def add_model_args(parser: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
+def normalization_arg(text: str):
+    try:
+        return parse_normalization(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def add_normalization_arg(parser) -> None:
+    parser.add_argument("--normalization", type=normalization_arg, default=None, metavar="PRESET|m,m,m,s,s,s",
+                        help="input normalisation of a checkpoint that does not record it: imagenet, cifar, or "
+                             "six numbers (means then stds); default: what the checkpoint says, else the model "
+                             "recipe's (imagenet)")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--model", choices=list_models(), default=None,
                    help="architecture; needed only for plain state-dict checkpoints, checked otherwise")
-    g.add_argument("--checkpoint", type=Path, required=checkpoint_required, help="backbone checkpoint file")
+    g.add_argument("--checkpoint", type=Path, required=True, help="backbone checkpoint file")
+    add_normalization_arg(g)
     g.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
     g.add_argument("--runs-root", type=Path, default=Layout.runs_root, help="root of features, detectors, results")
 
@@ -107,7 +127,7 @@ def la_ood(args, arch: str) -> LAOOD:
 
 def locate_run(args):
     """``(run directory, architecture, checkpoint sha256)`` of the checkpoint and data flags."""
-    arch = read_checkpoint(args.checkpoint)[0] or args.model
+    arch = read_checkpoint(args.checkpoint).arch or args.model
     if arch is None:
         raise ValueError(f"checkpoint {args.checkpoint} does not name its architecture; pass --model")
     if args.model and arch != args.model:
@@ -141,8 +161,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batches", type=positive_int, default=None, help="cap batches per epoch (quick tries)")
 
 
-def train_config(args, recipe: dict):
-    from .engine import TrainConfig
+def train_config(args, recipe: dict) -> TrainConfig:
     onecycle = args.schedule == "onecycle"
     pick = lambda flag, key, default=None: flag if flag is not None else recipe.get(key, default)  # noqa: E731
     step_size = args.step_size if args.step_size is not None else (None if args.milestones else recipe.get("step_size"))
@@ -154,8 +173,8 @@ def train_config(args, recipe: dict):
         keep_best=args.keep_best, compile=args.compile, max_batches=args.max_batches)
 
 
-def add_baseline_args(parser: argparse.ArgumentParser) -> None:
-    from .pipeline import BASELINES
-    parser.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES),
-                        help="post-hoc baselines reported beside LA-OOD (default: all; ODIN only where "
-                             "save_inter_outputs.py --odin stored its scores); give none to skip them")
+def add_method_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", "--baselines", nargs="*", choices=list_methods(), default=None,
+                        metavar="METHOD",
+                        help="scoring methods in the tables (default: every registered one whose inputs exist: "
+                             f"{', '.join(list_methods())}); LA-OOD's per-layer tables are always written")

@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import OneClassSVM
 from tqdm import tqdm
 
-from .data import to_input
+from .data import normalization_of, to_input
 
 
 class OCSVMDecision(nn.Module):
@@ -70,7 +70,8 @@ class CoTrainLoss(nn.Module):
         sums = sq = None
         for start in tqdm(range(0, len(images), batch_size), desc="feature statistics", leave=False,
                           disable=not progress):
-            feats = self.model.forward_intermediates(to_input(images[start:start + batch_size], device)).features
+            feats = self.model.forward_intermediates(
+                to_input(images[start:start + batch_size], device, normalization=normalization_of(self.model))).features
             f64 = [f.double() for f in feats]
             sums = [f.sum(0) for f in f64] if sums is None else [s + f.sum(0) for s, f in zip(sums, f64)]
             sq = [f.pow(2).sum(0) for f in f64] if sq is None else [s + f.pow(2).sum(0) for s, f in zip(sq, f64)]
@@ -106,6 +107,7 @@ def mean_decision(loss: CoTrainLoss, images, device, batch_size: int = 500) -> f
     loss.model.eval()
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            _, d = loss.decision(to_input(np.asarray(images[start:start + batch_size]), device))
+            _, d = loss.decision(to_input(np.asarray(images[start:start + batch_size]), device,
+                                          normalization=normalization_of(loss.model)))
             total += 2 * d.item()
     return total / len(images)

@@ -7,6 +7,7 @@ Listing a source reads no pixels; only the images a subset keeps are decoded.
 """
 import io
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from models import PRESETS, Normalization
+
+from .paths import IND_SPLITS
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 IND_SETS = ("cifar10", "cifar100")
@@ -156,11 +161,21 @@ _FOLDERS = {
              "the Tiny ImageNet zip from http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzipped or as it is"),
     "dtd": (["dtd/dtd/images", "dtd/images"], ["dtd*.zip"],
             "torchvision.datasets.DTD(root, download=True) or --download"),
-    "lsun": (["LSUN/test", "LSUN", "lsun/test", "lsun"], ["LSUN*.zip", "lsun*.zip"],
-             "the LSUN test set of ODIN (Liang et al. 2018), https://github.com/facebookresearch/odin, "
-             "extracted to LSUN/"),
+    # ODIN's two LSUN test sets (Liang et al. 2018): "LSUN (resize)" first, as the original code resizes the
+    # whole LSUN test images to 32x32; then the crop layout.
+    "lsun": (["LSUN_resize", "lsun-resize", "LSUN/test", "LSUN", "lsun/test", "lsun"], ["LSUN*.zip", "lsun*.zip"],
+             "ODIN's LSUN (resize) archive (https://github.com/facebookresearch/odin), as it is or extracted to "
+             "LSUN_resize/, or its crop set extracted to LSUN/"),
     "svhn": ([], [], "torchvision.datasets.SVHN(root, split='test', download=True) or --download"),
 }
+
+
+def variant(name: str, description: str) -> str:
+    """Which published version of a set a source is, where there are several (``''`` otherwise): LSUN comes
+    as ODIN's ``resize`` (whole images downsampled to 32x32) and ``crop`` (32x32 crops) sets."""
+    if name != "lsun":
+        return ""
+    return "resize" if "resize" in description.lower() else "crop"
 
 
 def _zip_has_prefix(path: Path, prefix: str) -> bool:
@@ -257,14 +272,26 @@ def load_subset(source: ImageSource, n: Optional[int], seed: int, desc: str = ""
     return images, labels
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` if it is safe as a directory name (letters, digits, ``-``, ``_``), else a clear error."""
+    if not _SAFE_NAME.fullmatch(name or ""):
+        raise ValueError(f"{what} name {name!r} is not allowed: it becomes a directory name, so use only "
+                         f"letters, digits, '-' and '_'")
+    return name
+
+
 def parse_extra(specs: Sequence[str]) -> Dict[str, Path]:
-    """``NAME=PATH`` pairs of --extra-ood."""
+    """``NAME=PATH`` pairs of --extra-ood; names are checked before anything is written."""
     extra = {}
     for spec in specs or []:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"--extra-ood expects NAME=PATH, got {spec!r}")
-        if name in ("train", "test") or name in OOD_SETS:
+        check_name(name, "--extra-ood")
+        if name in IND_SPLITS or name in OOD_SETS:
             raise ValueError(f"--extra-ood name {name!r} is reserved; choose another")
         extra[name] = Path(path)
     return extra
@@ -272,19 +299,23 @@ def parse_extra(specs: Sequence[str]) -> Dict[str, Path]:
 
 # ----------------------------------------------------------------------------- network input
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+def normalization_of(model) -> Normalization:
+    """The input normalisation a model (or its DistributedDataParallel / compiled wrapper) expects."""
+    inner = getattr(model, "module", getattr(model, "_orig_mod", model))
+    return getattr(inner, "normalization", PRESETS["imagenet"])
 
 
-def to_input(images, device=None, dtype=None):
-    """uint8 ``(N, 32, 32, 3)`` images (array or tensor) to a normalised float ``(N, 3, 32, 32)`` tensor.
+def to_input(images, device=None, dtype=None, normalization: Optional[Normalization] = None):
+    """uint8 ``(N, H, W, 3)`` images (array or tensor) to a normalised float ``(N, 3, H, W)`` tensor.
 
-    Inputs are normalised with the ImageNet mean and std, as the original code and the shared
-    checkpoints do. The conversion runs on ``device``, so only uint8 bytes cross to it.
+    ``normalization`` is the model's (:func:`normalization_of`); ImageNet's mean and std when not given,
+    as the original code and the shared VGG16 / ResNets use. The conversion runs on ``device``, so only
+    uint8 bytes cross to it.
     """
     import torch
+    norm = normalization or PRESETS["imagenet"]
     x = torch.as_tensor(np.array(images, copy=True)).to(device, non_blocking=True)  # mmap arrays are read-only
     x = x.permute(0, 3, 1, 2).to(dtype or torch.float32).div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(norm.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std)

@@ -14,12 +14,17 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from joblib import Parallel, delayed
+from scipy.stats import norm
 from sklearn.ensemble import IsolationForest
 from sklearn.model_selection import train_test_split
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
+from tqdm import tqdm
+
+from .paths import Layout
 
 GAMMAS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 WIDE_GAMMAS = GAMMAS + (0.25, 0.5, 1.0)   # for DenseNet, as the original intended
@@ -184,8 +189,6 @@ class LAOOD:
     records_: List[Dict] = field(default_factory=list, repr=False)
 
     def fit(self, layers: Sequence[np.ndarray], progress: bool = True) -> "LAOOD":
-        from joblib import Parallel, delayed
-        from tqdm import tqdm
         kwargs = dict(detector=self.detector, gammas=self.gammas, nu=self.nu, seed=self.seed,
                       select_size=self.select_size, prune=self.prune, cache_size=self.cache_size)
         # Largest layers first, so the slowest fits do not end up alone at the tail.
@@ -201,7 +204,6 @@ class LAOOD:
     @property
     def tag(self) -> str:
         """Names the directories of these detectors and their results (see utils/paths.py)."""
-        from .paths import Layout
         return Layout.detector_tag(self.detector, self.seed, self.calibration_size)
 
     def fit_calibrated(self, layers: Sequence[np.ndarray], progress: bool = True) -> "LAOOD":
@@ -212,12 +214,11 @@ class LAOOD:
                              f"not {self.calibration_size}")
         held, kept = calibration_split(n, self.calibration_size, self.seed)
         self.fit([np.asarray(X[kept]) for X in layers], progress)
-        self.calibration_ = Calibration.fit(self.score_layers([np.asarray(X[held]) for X in layers]))
+        self.calibration_ = Calibration.fit(self.score_layers([np.asarray(X[held]) for X in layers]), held=held)
         return self
 
     def score_layers(self, layers: Sequence[np.ndarray]) -> np.ndarray:
         """``(N, L)`` OOD scores of every layer."""
-        from joblib import Parallel, delayed
         if len(layers) != len(self.detectors_):
             raise ValueError(f"{len(layers)} feature layers given, but {len(self.detectors_)} detectors fitted")
         cols = Parallel(n_jobs=self.n_jobs)(delayed(ood_score)(d, X) for d, X in zip(self.detectors_, layers))
@@ -241,16 +242,19 @@ def calibration_split(n: int, size: int, seed: int):
 
 @dataclass
 class Calibration:
-    """Per-layer mean and spread of the OOD scores of in-distribution images the detectors never saw,
-    and the ``TAIL_LEVEL`` quantile of their standardised scores (``tail``, for :meth:`tail_excess`)."""
+    """Per-layer mean and spread of the OOD scores of in-distribution images the detectors never saw
+    (the train indices ``held``), and the ``TAIL_LEVEL`` quantile of their standardised scores (``tail``,
+    for :meth:`tail_excess`). Saved and loaded by ``utils.fitting``."""
     mean: np.ndarray                   # (L,)
     std: np.ndarray                    # (L,)
     tail: Optional[np.ndarray] = None  # (L,)
+    held: Optional[np.ndarray] = None  # sorted train indices held back from the detectors
 
     @classmethod
-    def fit(cls, layer_scores: np.ndarray, tail_level: float = TAIL_LEVEL) -> "Calibration":
+    def fit(cls, layer_scores: np.ndarray, tail_level: float = TAIL_LEVEL,
+            held: Optional[np.ndarray] = None) -> "Calibration":
         std = layer_scores.std(axis=0)
-        cal = cls(layer_scores.mean(axis=0), np.where(std > 0, std, 1.0))
+        cal = cls(layer_scores.mean(axis=0), np.where(std > 0, std, 1.0), held=held)
         cal.tail = np.quantile(cal.z(layer_scores), tail_level, axis=0)
         return cal
 
@@ -275,17 +279,6 @@ class Calibration:
         return self.excesses(layer_scores).max(axis=1)
 
 
-def tail_plus_energy(layer_scores: np.ndarray, calib: Calibration, energy_z: np.ndarray) -> np.ndarray:
-    """LA-OOD tail + Energy: the standardised energy score plus :meth:`Calibration.tail_excess`.
-
-    Images that no layer finds beyond its in-distribution tail are ranked by energy alone, so the layers
-    add no noise to near-OOD images that only the logits tell apart; an image that some layer finds far
-    outside its in-distribution range (textures, flat colours) is pushed up by that excess. Energy is
-    standardised on the same held-out in-distribution images as the layers. No OOD data enters.
-    """
-    return np.asarray(energy_z) + calib.tail_excess(layer_scores)
-
-
 def early_exit(layer_scores: np.ndarray, calib: Calibration, threshold: float = 0.99, k: int = 2):
     """Layer-adaptive inference in the manner of ES-OOD (2024): walk the layers in network order and stop,
     flagging the image as OOD, once its calibrated OOD probability ``Phi(z)`` has exceeded ``threshold`` at
@@ -296,7 +289,6 @@ def early_exit(layer_scores: np.ndarray, calib: Calibration, threshold: float = 
     within a group are broken by the calibrated LA-OOD score seen so far. Images that never stop get the
     full calibrated LA-OOD score.
     """
-    from scipy.stats import norm
     z = calib.z(layer_scores)
     n, n_layers = z.shape
     hits = np.cumsum(norm.cdf(z) > threshold, axis=1)          # (N, L) exceedances so far

@@ -8,10 +8,11 @@ resumed from its last finished epoch continues exactly as if it had not been int
 Under ``torchrun`` the same code runs data-parallel (DistributedDataParallel, gloo or NCCL).
 """
 import contextlib
+import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -22,11 +23,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models import save_model
-
-from .data import to_input
+from .data import normalization_of, to_input
 from .fastconv import use_unfold_weight_grad
-from .io import write_csv
+from .generate import generate, load_images
+from .io import save_checkpoint, save_torch, write_csv
+from .paths import BEST, FINAL, STATE, TRAIN_LOG, epoch_file
+
+logger = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 
@@ -75,10 +78,9 @@ def distributed() -> Tuple[int, int]:
 def load_splits(cfg, layout):
     """``((train images, labels) as tensors, (test images, labels) as arrays)`` of the in-distribution set,
     read through the same sources and cache as generate_datasets.py (rank 0 writes, the others wait)."""
-    from .generate import generate, load_images
     rank, world = distributed()
     if rank == 0:
-        generate(cfg, layout, log=lambda _: None)
+        generate(cfg, layout)
     if world > 1:
         dist.barrier()
     train_x, train_y, _ = load_images(layout, cfg.ind, cfg.tag, "train")
@@ -113,7 +115,7 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         x = images[idx]
         if augment:
             x = crop_flip(x, g)
-        x = to_input(x, device).contiguous(memory_format=torch.channels_last)
+        x = to_input(x, device, normalization=normalization_of(model)).contiguous(memory_format=torch.channels_last)
         y = labels[idx].to(device, non_blocking=True)
         with ctx():
             loss, logits = loss_fn(model, x, y)
@@ -147,7 +149,7 @@ def evaluate(model: nn.Module, images, labels, device: torch.device, batch_size:
     labels = torch.as_tensor(np.asarray(labels))
     total_loss = correct = 0.0
     for start in range(0, len(images), batch_size):
-        x = to_input(images[start:start + batch_size], device).contiguous(memory_format=torch.channels_last)
+        x = to_input(images[start:start + batch_size], device, normalization=normalization_of(model)).contiguous(memory_format=torch.channels_last)
         y = labels[start:start + batch_size].to(device)
         with ctx():
             logits = model(x).float()
@@ -173,7 +175,6 @@ class TrainConfig:
     keep_best: bool = False
     compile: bool = False
     max_batches: Optional[int] = None       # cap per epoch, for smoke tests and benchmarks
-    extra: Dict = field(default_factory=dict)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
@@ -193,7 +194,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
 def fit(model: nn.Module, train: Tuple[torch.Tensor, torch.Tensor], test: Tuple[np.ndarray, np.ndarray],
         cfg: TrainConfig, out_dir: Path, device: torch.device, loss_fn: LossFn = cross_entropy,
         resume: bool = False, on_epoch_start: Optional[Callable[[int], None]] = None,
-        save=save_model, keep_epochs: bool = False, progress: bool = True) -> List[Dict]:
+        save=save_checkpoint, keep_epochs: bool = False, progress: bool = True) -> List[Dict]:
     """Train for ``cfg.epochs``, writing ``state.pt`` (resumable), ``final.pt``, optionally ``best.pt`` and
     ``epoch_XXX.pt`` (``keep_epochs``), and ``log.csv`` (one row per epoch, rewritten whole) under ``out_dir``.
     Returns the log rows."""
@@ -215,7 +216,7 @@ def fit(model: nn.Module, train: Tuple[torch.Tensor, torch.Tensor], test: Tuple[
     if cfg.compile:
         net = torch.compile(net)
     log, start_epoch, best = [], 0, -1.0
-    state_path = out_dir / "state.pt"
+    state_path = out_dir / STATE
     if resume:
         if not state_path.exists():
             raise FileNotFoundError(f"--resume: no {state_path} to resume from")
@@ -238,16 +239,15 @@ def fit(model: nn.Module, train: Tuple[torch.Tensor, torch.Tensor], test: Tuple[
         log.append(row)
         if rank == 0:
             if progress:
-                print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-            save(model, out_dir / "final.pt", epoch=epoch + 1, test_acc=row["test_acc"], config=asdict(cfg))
+                logger.info(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+            save(model, out_dir / FINAL, epoch=epoch + 1, test_acc=row["test_acc"], config=asdict(cfg))
             if keep_epochs:
-                save(model, out_dir / f"epoch_{epoch + 1:03d}.pt", epoch=epoch + 1, test_acc=row["test_acc"])
+                save(model, out_dir / epoch_file(epoch + 1), epoch=epoch + 1, test_acc=row["test_acc"])
             if cfg.keep_best and row["test_acc"] > best:
                 best = row["test_acc"]
-                save(model, out_dir / "best.pt", epoch=epoch + 1, test_acc=row["test_acc"], config=asdict(cfg))
-            tmp = state_path.with_name("state.pt.tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "epoch": epoch + 1, "log": log, "best": best, "config": asdict(cfg)}, tmp)
-            os.replace(tmp, state_path)
-            write_csv(out_dir / "log.csv", log)
+                save(model, out_dir / BEST, epoch=epoch + 1, test_acc=row["test_acc"], config=asdict(cfg))
+            save_torch(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "epoch": epoch + 1, "log": log, "best": best,
+                                    "config": asdict(cfg)})
+            write_csv(out_dir / TRAIN_LOG, log)
     return log

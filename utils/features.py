@@ -3,6 +3,7 @@
 Every tap's output is pooled on the device by ``forward_intermediates`` and copied into arrays that
 were preallocated on disk (``open_memmap``), so memory stays flat and nothing is stacked per batch.
 """
+import logging
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -10,17 +11,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models import load_model
+from models import Normalization, load_model
 
-from .data import NUM_CLASSES, to_input
+from .odin import odin as odin_scores
+from .data import NUM_CLASSES, normalization_of, to_input
 from .generate import load_images
-from .io import MANIFEST, StagingDir, is_complete, read_json, sha256_file
-from .paths import Layout, layer_file
+from .io import StagingDir, atomic_path, is_complete, read_json, sha256_file
+from .paths import LABELS, LOGITS, MANIFEST, ODIN, PENULTIMATE, Layout, layer_file
+
+log = logging.getLogger(__name__)
 
 
-def open_backbone(checkpoint, ind: str, arch: Optional[str] = None, device: torch.device = torch.device("cpu")):
+def open_backbone(checkpoint, ind: str, arch: Optional[str] = None, device: torch.device = torch.device("cpu"),
+                  normalization: Optional[Normalization] = None):
     """The checkpoint's model in eval mode on ``device``, and the checkpoint's sha256."""
-    model = load_model(checkpoint, arch, NUM_CLASSES[ind])
+    model = load_model(checkpoint, arch, NUM_CLASSES[ind], normalization)
     return model.to(device).eval(), sha256_file(checkpoint)
 
 
@@ -29,15 +34,16 @@ def extract(model, images: np.ndarray, out: Path, device: torch.device, batch_si
             desc: str = "", progress: bool = True) -> None:
     """Write ``layer_XXX.npy`` (one per tap), ``logits.npy`` and ``penultimate.npy`` for ``images``."""
     n = len(images)
+    norm = normalization_of(model)
     arrays = [np.lib.format.open_memmap(out / layer_file(i, "npy"), mode="w+", dtype=np.float32, shape=(n, w))
               for i, w in enumerate(model.tap_widths)]
     logits = penult = None
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
         stop = min(start + batch_size, n)
-        o = model.forward_intermediates(to_input(images[start:stop], device), penultimate=True)
+        o = model.forward_intermediates(to_input(images[start:stop], device, normalization=norm), penultimate=True)
         if logits is None:
-            logits = np.lib.format.open_memmap(out / "logits.npy", "w+", np.float32, (n, o.logits.shape[1]))
-            penult = np.lib.format.open_memmap(out / "penultimate.npy", "w+", np.float32,
+            logits = np.lib.format.open_memmap(out / LOGITS, "w+", np.float32, (n, o.logits.shape[1]))
+            penult = np.lib.format.open_memmap(out / PENULTIMATE, "w+", np.float32,
                                                (n, o.penultimate.shape[1]))
         for array, f in zip(arrays, o.features):
             array[start:stop] = f.float().cpu().numpy()
@@ -51,30 +57,29 @@ def extract(model, images: np.ndarray, out: Path, device: torch.device, batch_si
 
 
 def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, names: Sequence[str],
-                  device: torch.device, batch_size: int = 256, force: bool = False, odin: bool = False,
-                  log=print) -> Path:
+                  device: torch.device, batch_size: int = 256, force: bool = False, odin: bool = False) -> Path:
     """Features of every set in ``names`` under the run directory; sets already complete are kept.
 
     ``odin`` also stores each image's ODIN score (it needs the model and an input gradient, so it is
     computed here rather than from saved features)."""
     run = layout.run(ind, model.arch, ckpt_sha, tag)
+    save_head(model, run)
     for name in names:
         images, labels, image_manifest = load_images(layout, ind, tag, name)
         with_odin = odin and name != "train"     # ODIN scores only matter for the evaluated sets
         settings = {"checkpoint_sha256": ckpt_sha, "arch": model.arch, "images": image_manifest["settings"],
-                    "taps": model.num_taps, "normalisation": "imagenet", "odin": with_odin}
+                    "taps": model.num_taps, "normalization": normalization_of(model).as_dict(), "odin": with_odin}
         out = layout.features(run, name)
         if is_complete(out, settings) and not force:
-            log(f"{name}: features already complete in {out}")
+            log.info(f"{name}: features already complete in {out}")
             continue
         with StagingDir(out, settings, {"count": len(images), "widths": model.tap_widths}) as tmp:
             extract(model, images, tmp, device, batch_size, desc=name)
-            np.save(tmp / "labels.npy", labels)
+            np.save(tmp / LABELS, labels)
             if with_odin:
-                from .baselines import odin as odin_scores
-                np.save(tmp / "odin.npy", odin_scores(model, images, device, batch_size=batch_size,
+                np.save(tmp / ODIN, odin_scores(model, images, device, batch_size=batch_size,
                                                       progress=f"{name} ODIN"))
-        log(f"{name}: {len(images)} images x {model.num_taps} layers -> {out}")
+        log.info(f"{name}: {len(images)} images x {model.num_taps} layers -> {out}")
     return run
 
 
@@ -90,9 +95,28 @@ def load_features(run: Path, name: str, expect_sha: Optional[str] = None) -> Dic
                          f"({manifest['settings']['checkpoint_sha256'][:8]}, expected {expect_sha[:8]})")
     layers: List[np.ndarray] = [np.load(d / layer_file(i, "npy"), mmap_mode="r")
                                 for i in range(manifest["settings"]["taps"])]
-    out = {"layers": layers, "logits": np.load(d / "logits.npy", mmap_mode="r"),
-           "penultimate": np.load(d / "penultimate.npy", mmap_mode="r"), "labels": np.load(d / "labels.npy"),
+    out = {"layers": layers, "logits": np.load(d / LOGITS, mmap_mode="r"),
+           "penultimate": np.load(d / PENULTIMATE, mmap_mode="r"), "labels": np.load(d / LABELS),
            "manifest": manifest}
-    if (d / "odin.npy").exists():
-        out["odin"] = np.load(d / "odin.npy")
+    if (d / ODIN).exists():
+        out["odin"] = np.load(d / ODIN)
     return out
+
+
+def save_head(model, run: Path) -> None:
+    """The classifier head's weight ``(C, D)`` and bias ``(C,)``, which the penultimate features feed
+    (ReAct, ASH, DICE and ViM recompute logits from edited features)."""
+    head = dict(model.named_modules())[model.head_name]
+    with atomic_path(Layout.head(run)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, weight=head.weight.detach().cpu().numpy().astype(np.float64),
+                     bias=head.bias.detach().cpu().numpy().astype(np.float64))
+
+
+def load_head(run: Path):
+    """``(weight, bias)`` saved by :func:`save_head`, or None for features saved before it existed."""
+    path = Layout.head(run)
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        return z["weight"], z["bias"]

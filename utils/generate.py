@@ -1,4 +1,5 @@
 """Stage 1: make the evaluation images (the library behind ``generate_datasets.py``)."""
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -6,9 +7,11 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .data import (IND_SETS, OOD_SETS, download_source, find_source, folder_source, load_subset,
-                   pure_color_source)
+                   pure_color_source, variant)
 from .io import StagingDir, is_complete, read_json
-from .paths import Layout, data_tag
+from .paths import IMAGES, IND_SPLITS, LABELS, MANIFEST, Layout, data_tag
+
+log = logging.getLogger(__name__)
 
 MAX_OOD = 10000   # an OOD set larger than this is cut to a seeded random 10,000
 
@@ -36,12 +39,12 @@ class DataConfig:
 
     def set_names(self) -> List[str]:
         oods = default_oods(self.ind) if self.oods is None else list(self.oods)
-        return ["train", "test"] + oods + list(self.extra or {})
+        return list(IND_SPLITS) + oods + list(self.extra or {})
 
 
 def _source_for(cfg: DataConfig, name: str):
     """Returns ``(source, split, limit)`` for a set name, or ``(None, message, None)`` if it is absent."""
-    if name in ("train", "test"):
+    if name in IND_SPLITS:
         dataset, split = cfg.ind, name
         limit = cfg.max_train if name == "train" else cfg.max_test
     elif cfg.extra and name in cfg.extra:
@@ -60,7 +63,7 @@ def _source_for(cfg: DataConfig, name: str):
     return source, (split if source is not None else missing), limit
 
 
-def generate(cfg: DataConfig, layout: Layout = Layout(), force: bool = False, log=print) -> Dict[str, dict]:
+def generate(cfg: DataConfig, layout: Layout = Layout(), force: bool = False) -> Dict[str, dict]:
     """Write every set of ``cfg`` that is not already complete; returns each written set's manifest.
 
     A missing OOD set is skipped with one line saying what was looked for; a missing in-distribution
@@ -73,22 +76,22 @@ def generate(cfg: DataConfig, layout: Layout = Layout(), force: bool = False, lo
         out = layout.images(cfg.ind, cfg.tag, name)
         source, split, limit = _source_for(cfg, name)
         if source is None:
-            if name in ("train", "test"):
+            if name in IND_SPLITS:
                 raise FileNotFoundError(f"in-distribution set {split}")
-            log(f"skipping {split}")
+            log.info(f"skipping {split}")
             continue
         settings = {"set": name, "source": source.description, "split": split, "limit": limit, "seed": cfg.seed}
         if is_complete(out, settings) and not force:
-            log(f"{name}: already complete in {out}")
-            done[name] = read_json(out / "manifest.json")
+            log.info(f"{name}: already complete in {out}")
+            done[name] = read_json(out / MANIFEST)
             continue
         images, labels = load_subset(source, limit, cfg.seed, desc=name)
         info = {"count": int(len(images)), "available": int(source.count), "classes": source.classes,
-                "ind": cfg.ind}
+                "ind": cfg.ind, "variant": variant(name, source.description)}
         with StagingDir(out, settings, info) as tmp:
-            np.save(tmp / "images.npy", images)
-            np.save(tmp / "labels.npy", labels)
-        log(f"{name}: {len(images)} of {source.count} images from {source.description} -> {out}")
+            np.save(tmp / IMAGES, images)
+            np.save(tmp / LABELS, labels)
+        log.info(f"{name}: {len(images)} of {source.count} images from {source.description} -> {out}")
         done[name] = {"settings": settings, **info}
     return done
 
@@ -96,15 +99,15 @@ def generate(cfg: DataConfig, layout: Layout = Layout(), force: bool = False, lo
 def load_images(layout: Layout, ind: str, tag: str, name: str):
     """``(images, labels, manifest)`` of a generated set, or a clear error if it was never made."""
     d = layout.images(ind, tag, name)
-    manifest = read_json(d / "manifest.json")
+    manifest = read_json(d / MANIFEST)
     if manifest is None:
         raise FileNotFoundError(f"no generated images for set {name!r} in {d}; run generate_datasets.py "
                                 f"with the same --ind and subset flags first")
-    return np.load(d / "images.npy", mmap_mode="r"), np.load(d / "labels.npy"), manifest
+    return np.load(d / IMAGES, mmap_mode="r"), np.load(d / LABELS), manifest
 
 
 def generated_sets(layout: Layout, ind: str, tag: str) -> List[str]:
     """Names of the OOD sets generated for ``ind`` under ``tag``, in a stable order."""
     base = layout.image_root(ind, tag)
-    names = sorted(p.name for p in base.glob("*") if (p / "manifest.json").exists()) if base.is_dir() else []
-    return [n for n in names if n not in ("train", "test")]
+    names = sorted(p.name for p in base.glob("*") if (p / MANIFEST).exists()) if base.is_dir() else []
+    return [n for n in names if n not in IND_SPLITS]

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
+import torch
 
-MANIFEST = "manifest.json"
+from .paths import MANIFEST
 
 
 @contextlib.contextmanager
@@ -56,12 +57,32 @@ def save_npy(path, array: np.ndarray) -> None:
             np.save(f, array)
 
 
+def save_torch(path, obj: Any) -> None:
+    """``torch.save`` through :func:`atomic_path` (checkpoints and resumable training state)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_checkpoint(model, path, **extra) -> None:
+    """Write ``{'arch', 'num_classes', 'normalization', 'state_dict', **extra}``: everything needed to
+    rebuild the model and feed it (:func:`models.load_model` reads it back)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_torch(path, {"arch": model.arch, "num_classes": model.num_classes,
+                      "normalization": model.normalization.as_dict(), "state_dict": state, **extra})
+
+
+def columns(rows: Iterable[Dict[str, Any]]) -> List[str]:
+    """Every key of every row, in order of first appearance (rows may have different keys)."""
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
 def write_csv(path, rows: List[Dict[str, Any]]) -> None:
-    """Write a whole table at once (never appended row by row)."""
+    """Write a whole table at once (never appended row by row). Rows may have different keys: the
+    columns are their union, and a row lacking one leaves its cell empty."""
     if not rows:
         raise ValueError(f"refusing to write an empty table to {path}")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buf, fieldnames=columns(rows), restval="")
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buf.getvalue())
@@ -73,10 +94,6 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def settings_hash(settings: Dict[str, Any], length: int = 10) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def is_complete(directory, settings: Dict[str, Any]) -> bool:
@@ -139,8 +156,8 @@ def _alive(pid: int) -> bool:
 def format_table(rows: Iterable[Dict[str, Any]], floatfmt: str = "{:.2f}") -> str:
     """A Markdown table of dict rows (floats formatted)."""
     rows = list(rows)
-    cols = list(rows[0])
-    fmt = lambda v: floatfmt.format(v) if isinstance(v, float) else str(v)  # noqa: E731
+    cols = columns(rows)
+    fmt = lambda v: floatfmt.format(v) if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"

@@ -3,10 +3,15 @@
     data/generated/<ind>/<data tag>/<set>/            images.npy (N,32,32,3 uint8), labels.npy, manifest.json
     runs/<ind>/<model>-<ckpt sha[:8]>/<data tag>/
         features/<set>/                               layer_000.npy ... (N, width float32), logits.npy,
-                                                      penultimate.npy, manifest.json
-        detectors/<detector>[-cal<n>]-seed<s>/        layer_000.joblib ..., selection.csv, [calibration.json,]
-                                                      manifest.json
-        results/<detector>[-cal<n>]-seed<s>/          <ood set>.csv, summary.csv, summary.md, run.json, *.png
+                                                      penultimate.npy, labels.npy, [odin.npy,] manifest.json
+        features/head.npz                             the classifier head (weight, bias) the features feed
+        detectors/<detector>[-cal<n>]-seed<s>/        layer_000.joblib ..., selection.csv, [calibration.json,
+                                                      calibration_held.npy,] manifest.json
+        results/<detector>[-cal<n>]-seed<s>/          <ood set>.csv, summary.csv, summary.md, run.json, *.png,
+                                                      scores/<set>.npy, [early_exit.csv,] manifest.json
+        results/<detector>[-cal<n>]-seeds<a>-<b>.../  spread.csv, spread.md, manifest.json
+    checkpoints/<ind>-<model>-<schedule>/             final.pt, state.pt, [best.pt, epoch_XXX.pt,] log.csv
+    results/paper_table.{md,csv}                      collect_results.py: the paper-style table of several runs
 
 ``<set>`` is ``train`` and ``test`` for the in-distribution splits and the OOD set's name otherwise.
 The data tag names the subset sizes and seed, and the checkpoint's content hash names the run, so
@@ -14,9 +19,23 @@ features of one checkpoint or setting are never read for another.
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 IND_SPLITS = ("train", "test")
+MANIFEST = "manifest.json"
+
+# Files inside an image set and a feature set.
+IMAGES, LABELS = "images.npy", "labels.npy"
+LOGITS, PENULTIMATE, ODIN = "logits.npy", "penultimate.npy", "odin.npy"
+HEAD = "head.npz"
+# Files inside a detector directory.
+SELECTION, CALIBRATION, CALIBRATION_HELD = "selection.csv", "calibration.json", "calibration_held.npy"
+# Files inside a results directory.
+SUMMARY_CSV, SUMMARY_MD, RUN_RECORD, EARLY_EXIT = "summary.csv", "summary.md", "run.json", "early_exit.csv"
+SPREAD_CSV, SPREAD_MD = "spread.csv", "spread.md"
+PER_LAYER_PLOT, ARGMAX_PLOT, HISTOGRAM_PLOT = "per_layer_auroc.png", "argmax_counts.png", "histograms.png"
+# Files of a training run.
+FINAL, STATE, BEST, TRAIN_LOG = "final.pt", "state.pt", "best.pt", "log.csv"
 
 
 def data_tag(max_train: Optional[int], max_test: Optional[int], max_ood: Optional[int], seed: int) -> str:
@@ -28,10 +47,30 @@ def layer_file(layer: int, ext: str) -> str:
     return f"layer_{layer:03d}.{ext}"
 
 
+def epoch_file(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.pt"
+
+
+def set_table(name: str) -> str:
+    """The per-layer table of one OOD set (or ``combined``) in a results directory."""
+    return f"{name}.csv"
+
+
+def roc_plot(name: str) -> str:
+    return f"roc_{name}.png"
+
+
+def scores_file(results: Path, name: str) -> Path:
+    """Per-layer OOD scores ``(N, L)`` of one set, saved beside the tables."""
+    return Path(results) / "scores" / f"{name}.npy"
+
+
 @dataclass(frozen=True)
 class Layout:
     data_root: Path = Path("data/generated")
     runs_root: Path = Path("runs")
+    checkpoints_root: Path = Path("checkpoints")
+    collected_root: Path = Path("results")
 
     def image_root(self, ind: str, tag: str) -> Path:
         return Path(self.data_root) / ind / tag
@@ -42,16 +81,27 @@ class Layout:
     def run(self, ind: str, model: str, ckpt_sha: str, tag: str) -> Path:
         return Path(self.runs_root) / ind / f"{model}-{ckpt_sha[:8]}" / tag
 
+    def training(self, ind: str, model: str, schedule: str) -> Path:
+        """Where ``train_backbone_model.py`` writes its checkpoints and log by default."""
+        return Path(self.checkpoints_root) / f"{ind}-{model}-{schedule}"
+
+    def paper_table(self, ext: str) -> Path:
+        return Path(self.collected_root) / f"paper_table.{ext}"
+
     @staticmethod
     def features(run: Path, name: str) -> Path:
         return Path(run) / "features" / name
+
+    @staticmethod
+    def head(run: Path) -> Path:
+        return Path(run) / "features" / HEAD
 
     @staticmethod
     def detector_tag(detector: str, seed: int, calibration_size: int = 0) -> str:
         return f"{detector}{f'-cal{calibration_size}' if calibration_size else ''}-seed{seed}"
 
     @staticmethod
-    def seeds_tag(detector: str, seeds, calibration_size: int = 0) -> str:
+    def seeds_tag(detector: str, seeds: Sequence[int], calibration_size: int = 0) -> str:
         """Names the results of a detector stage repeated over several seeds."""
         return f"{detector}{f'-cal{calibration_size}' if calibration_size else ''}-seeds{'-'.join(map(str, seeds))}"
 

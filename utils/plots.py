@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
+from .io import atomic_path  # noqa: E402
+
 
 def _layer_rows(rows: List[Dict]) -> List[Dict]:
     return [r for r in rows if r["row"].startswith("layer ")]
@@ -83,7 +85,6 @@ def roc_curves(curves: Dict[str, tuple], path: Path, title: str) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    from .io import atomic_path
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

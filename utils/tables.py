@@ -1,0 +1,96 @@
+"""Pure table functions: balanced comparisons, per-layer tables, summaries, spread over seeds.
+
+Nothing here reads or writes files; every function maps scores or rows to rows.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .metrics import METRICS, ood_metrics
+
+ORACLE = "best layer (oracle)"
+
+
+def balanced_indices(n_ind: int, n_ood: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Seeded random N = min(n_ind, n_ood) of each side (sorted), never the first N."""
+    n = min(n_ind, n_ood)
+    rng = np.random.default_rng(seed)
+    pick = lambda total: np.arange(total) if total == n else np.sort(rng.choice(total, n, replace=False))  # noqa
+    return pick(n_ind), pick(n_ood)
+
+
+def comparisons(n_ind: int, ood_sizes: Dict[str, int], seed: int) -> List[Tuple[str, np.ndarray, Optional[np.ndarray]]]:
+    """``(name, in-distribution indices, OOD indices)`` of every balanced comparison, then ``combined``:
+    all test images against all OOD images of every set (OOD indices None)."""
+    out = [(name, *balanced_indices(n_ind, n, seed)) for name, n in ood_sizes.items()]
+    out.append(("combined", np.arange(n_ind), None))
+    return out
+
+
+def pick_ood(scores: Dict[str, np.ndarray], name: str, idx: Optional[np.ndarray], oods: Sequence[str]) -> np.ndarray:
+    """The OOD side of one comparison: ``scores[name][idx]``, or every OOD set's scores for ``combined``."""
+    return np.concatenate([scores[n] for n in oods]) if idx is None else scores[name][idx]
+
+
+def layer_table(ind: np.ndarray, ood: np.ndarray) -> List[Dict]:
+    """One row per layer, the oracle best layer and the LA-OOD maximum, from ``(N, L)`` score matrices."""
+    n_layers = ind.shape[1]
+    ind_arg = np.bincount(ind.argmax(1), minlength=n_layers)
+    ood_arg = np.bincount(ood.argmax(1), minlength=n_layers)
+    rows = [{"row": f"layer {i + 1}", **ood_metrics(ind[:, i], ood[:, i]),
+             "ind_argmax": int(ind_arg[i]), "ood_argmax": int(ood_arg[i])} for i in range(n_layers)]
+    best = max(range(n_layers), key=lambda i: rows[i]["auroc"])
+    rows.append({**rows[best], "row": f"best single layer (oracle: layer {best + 1})"})
+    rows.append({"row": "LA-OOD (max over layers)", **ood_metrics(ind.max(1), ood.max(1)),
+                 "ind_argmax": len(ind), "ood_argmax": len(ood)})
+    return rows
+
+
+def oracle_row(table: List[Dict], ood: str, n) -> Dict:
+    """The summary row of the oracle best single layer of a :func:`layer_table` (chosen with OOD labels)."""
+    best = table[-2]
+    layer = best["row"].rsplit(" ", 1)[-1].rstrip(")")
+    return {"ood": ood, "method": ORACLE, "layer": int(layer), "n": n, **{m: best[m] for m in METRICS}}
+
+
+def method_row(ood: str, method: str, n, ind: np.ndarray, ood_scores: np.ndarray) -> Dict:
+    return {"ood": ood, "method": method, "n": n, **ood_metrics(ind, ood_scores)}
+
+
+def spread_over_seeds(per_seed: Dict[int, List[Dict]]) -> List[Dict]:
+    """Mean and sample standard deviation over seeds of every metric, per OOD set and method."""
+    groups: Dict[tuple, List[Dict]] = {}
+    for rows in per_seed.values():
+        for r in rows:
+            groups.setdefault((r["ood"], r["method"]), []).append(r)
+    out = []
+    for (ood, method), rows in groups.items():
+        row = {"ood": ood, "method": method, "seeds": len(rows)}
+        for m in METRICS:
+            values = np.array([r[m] for r in rows], dtype=float)
+            row[f"{m}_mean"] = float(values.mean())
+            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out.append(row)
+    return out
+
+
+PAPER_SETS = ("lsun", "tiny", "svhn", "dtd", "pure_color", "cifar10", "cifar100")
+
+
+def paper_table(runs: Dict[str, Tuple[List[Dict], Dict[str, str]]]) -> List[Dict]:
+    """The paper-style table: rows model x OOD set, LA-OOD's metrics with Energy and LA-OOD tail + Energy
+    AUROC beside them. ``runs`` maps a model name to ``(summary rows, {set: variant note})``."""
+    out = []
+    for model, (rows, variants) in runs.items():
+        by = {(r["ood"], r["method"]): r for r in rows}
+        sets = [s for s in PAPER_SETS if (s, "LA-OOD") in by]
+        sets += sorted({r["ood"] for r in rows if r["ood"] not in sets and r["ood"] != "combined"})
+        for s in sets:
+            la = by[(s, "LA-OOD")]
+            row = {"model": model, "ood": s + (f" ({variants[s]})" if variants.get(s) else ""),
+                   "auroc": la["auroc"], "fpr95_ood": la["fpr95_ood"], "fpr95_ind": la["fpr95_ind"],
+                   "aupr_in": la["aupr_in"], "aupr_out": la["aupr_out"]}
+            for method, col in (("Energy", "energy_auroc"), ("LA-OOD tail + Energy", "tail_energy_auroc")):
+                row[col] = by[(s, method)]["auroc"] if (s, method) in by else None
+            out.append(row)
+    return out
