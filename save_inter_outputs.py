@@ -23,6 +23,9 @@ def get_args_parser():
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     parser.add_argument("--odin", action="store_true",
                         help="also store ODIN baseline scores (T=1000, eps=0.0014; about 3x the forward cost)")
+    parser.add_argument("--gram", action="store_true",
+                        help="also store the Gram-matrix deviations of every tap (Sastry and Oore 2020; about 2x the "
+                             "forward cost, the train split needs a second pass over 10%% of it)")
     parser.add_argument("--force", action="store_true", help="recompute sets that are already complete")
     return parser
 
@@ -33,7 +36,8 @@ def main(args):
     model, sha = open_backbone(args.checkpoint, args.ind, args.model, device, args.normalization)
     names = args.sets or list(IND_SPLITS) + generated_sets(lay, args.ind, cfg.tag)
     start = time.time()
-    run = save_features(model, sha, lay, args.ind, cfg.tag, names, device, args.batch_size, args.force, args.odin)
+    run = save_features(model, sha, lay, args.ind, cfg.tag, names, device, args.batch_size, args.force, args.odin,
+                        args.gram, args.seed)
     log.info(f"features of {len(names)} sets from {model.arch} ({sha[:8]}) on {device} in {time.time() - start:.0f}s "
           f"-> {run / 'features'}")
     return run

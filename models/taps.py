@@ -5,7 +5,7 @@ LA-OOD's layers (``tap_names``) and its classification head (``head_name``). Eac
 averaged over its spatial dimensions on the device, so only an ``(N, C)`` matrix per layer ever leaves
 the forward pass. The same call works under ``torch.no_grad`` and with gradients (co-training).
 """
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,6 +15,7 @@ class Intermediates(NamedTuple):
     logits: torch.Tensor
     features: List[torch.Tensor]          # one (N, width) tensor per tap, in network order
     penultimate: Optional[torch.Tensor]   # the input of the head, (N, D), if asked for
+    statistics: Optional[List[torch.Tensor]] = None   # statistic(tap output) per tap, if one was given
 
 
 def _pool(out: torch.Tensor) -> torch.Tensor:
@@ -70,17 +71,20 @@ class TappedModel(nn.Module):
             position[id(module)] = running
         return [position[id(m)] for m in self.tap_modules], running
 
-    def forward_intermediates(self, x: torch.Tensor, layers: Optional[List[int]] = None,
-                              penultimate: bool = False) -> Intermediates:
-        """Logits and the spatially averaged output of every tap (or only of ``layers``)."""
+    def forward_intermediates(self, x: torch.Tensor, layers: Optional[List[int]] = None, penultimate: bool = False,
+                              statistic: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Intermediates:
+        """Logits and the spatially averaged output of every tap (or only of ``layers``); with ``statistic``,
+        also ``statistic(output)`` of every tap's full output (e.g. Gram-matrix statistics), in the same pass."""
         wanted = range(self.num_taps) if layers is None else layers
         modules = self.tap_modules
-        pooled = {}
+        pooled, stats = {}, {}
         handles = []
 
         def make_hook(i):
             def hook(_module, _inputs, out):
                 pooled[i] = _pool(out)
+                if statistic is not None:
+                    stats[i] = statistic(out)
             return hook
 
         for i in wanted:
@@ -94,4 +98,5 @@ class TappedModel(nn.Module):
         finally:
             for h in handles:
                 h.remove()
-        return Intermediates(logits, [pooled[i] for i in wanted], head_input[0] if penultimate else None)
+        return Intermediates(logits, [pooled[i] for i in wanted], head_input[0] if penultimate else None,
+                             [stats[i] for i in wanted] if statistic is not None else None)

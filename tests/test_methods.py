@@ -1,9 +1,11 @@
 """Scoring methods on constructed cases with known answers, and the registry's contract."""
 import numpy as np
 import pytest
+import torch
 
 from utils import methods
 from utils.detectors import Calibration
+from utils.gram import deviations, gram_statistics
 from utils.methods import (HELD, KNN, Inputs, Mahalanobis, ViM, ash_s, dice_weight, energy, gen, get_method,
                            list_methods, msp, react_threshold, register_method, score_methods, vim_dim)
 
@@ -170,3 +172,29 @@ def test_held_split_without_calibration_is_seeded_and_disjoint():
     assert np.array_equal(held, Inputs(train={"logits": np.zeros((1000, 2))}, sets={}, seed=3).held_split()[0])
     sub = inp.fitted_on(kept, held)
     assert len(sub.train["logits"]) == 900 and len(sub.sets[HELD]["logits"]) == 100
+
+
+def test_gram_statistics_and_deviations_by_hand():
+    fmap = torch.tensor([[[[1.0, 1.0]], [[2.0, 0.0]]]])          # (1, C=2, 1, 2): channels (1, 1) and (2, 0)
+    g = gram_statistics(fmap, poles=(1, 2))
+    # p = 1: F F' = [[2, 2], [2, 4]], row sums (4, 6); p = 2: F^2 F^2' = [[2, 4], [4, 16]], roots of (6, 20).
+    np.testing.assert_allclose(g[0].numpy(), [[4.0, 6.0], [np.sqrt(6.0), np.sqrt(20.0)]])
+    lo = np.array([[[5.0, 5.0], [1.0, 1.0]]])                     # class 0, (P, C)
+    hi = np.array([[[8.0, 5.5], [3.0, 5.0]]])
+    d = deviations([g], [lo], [hi], np.array([0]))
+    # Below 5 by 1 (relative 1/5), above 5.5 by 0.5 (0.5/5.5), sqrt(20) inside [1, 5], sqrt(6) inside [1, 3].
+    np.testing.assert_allclose(d, [[1 / 5 + 0.5 / 5.5]], rtol=1e-6)
+
+
+def test_gram_matches_pytorch_ood_statistics():
+    import pytorch_ood.detector as pood
+    fmap = torch.rand(3, 4, 5, 5, dtype=torch.float64) * 3
+    for p in (1, 3, 10):
+        np.testing.assert_allclose(gram_statistics(fmap, (p,))[:, 0].numpy(), pood.Gram._gram_vector(fmap, p).numpy(),
+                                   rtol=1e-10)
+    lo, hi = torch.rand(3, 4, dtype=torch.float64), torch.rand(3, 4, dtype=torch.float64) + 1
+    g = torch.rand(3, 4, dtype=torch.float64) * 3
+    # Image i is compared with the bounds of class i (its "predicted class").
+    np.testing.assert_allclose(
+        deviations([g[:, None, :]], [lo.numpy()[:, None, :]], [hi.numpy()[:, None, :]], np.arange(3))[:, 0],
+        pood.Gram._deviation(g, lo, hi).numpy(), rtol=1e-10)

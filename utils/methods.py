@@ -9,6 +9,7 @@ declaring what it needs from :class:`Inputs`:
     layers                        the pooled per-layer features of stage 2
     head                          the classifier head (weight, bias) that the penultimate features feed
     odin                          ODIN scores stored by ``save_inter_outputs.py --odin``
+    gram                          Gram deviations stored by ``save_inter_outputs.py --gram`` (utils/gram.py)
     detectors                     the fitted per-layer detectors' scores (stage 3)
     calibration                   the train images held back from the detectors, and their layer scores
 
@@ -31,7 +32,7 @@ from .detectors import Calibration, early_exit
 
 log = logging.getLogger(__name__)
 
-NEEDS = frozenset({"logits", "penultimate", "labels", "layers", "head", "odin", "detectors", "calibration"})
+NEEDS = frozenset({"logits", "penultimate", "labels", "layers", "head", "odin", "gram", "detectors", "calibration"})
 HELD = "__held__"        # the held-back train rows, scored as one more set when a score is standardised
 
 
@@ -75,6 +76,8 @@ class Inputs:
             have.add("head")
         if self.sets and all("odin" in f for f in self.sets.values()):
             have.add("odin")
+        if self.sets and all("gram" in f for f in self.sets.values()) and "gram_bounds" in self.train:
+            have.add("gram")
         if self.layer_scores is not None:
             have.add("detectors")
         if self.calibration is not None and self.calibration.held is not None:
@@ -154,7 +157,7 @@ def score_methods(names: Sequence[str], inputs: Inputs) -> Dict[str, Dict[str, n
     return out
 
 
-_HOW = {"odin": "run save_inter_outputs.py --odin", "calibration": "fit the detectors with --calibration-size N",
+_HOW = {"odin": "run save_inter_outputs.py --odin", "gram": "run save_inter_outputs.py --gram", "calibration": "fit the detectors with --calibration-size N",
         "head": "run save_inter_outputs.py again: it saves the classifier head",
         "detectors": "run train_ood_detectors.py"}
 
@@ -418,6 +421,12 @@ def _mahalanobis_layers(inp: Inputs):
         for n, z in standardise_on(per_set).items():
             total[n] = total[n] + z
     return total
+
+
+@register_method("Gram", ["gram"], "Sastry and Oore, ICML 2020; poles 1-10, every tapped layer")
+def _gram(inp: Inputs):
+    bounds = inp.train["gram_bounds"]
+    return inp.each(lambda f: bounds.score(f["gram"]))
 
 
 @register_method("KNN", ["penultimate"], "Sun et al., ICML 2022; k = 50, faiss where installed")

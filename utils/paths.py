@@ -3,7 +3,8 @@
     data/generated/<ind>/<data tag>/<set>/            images.npy (N,32,32,3 uint8), labels.npy, manifest.json
     runs/<ind>/<model>-<ckpt sha[:8]>/<data tag>/
         features/<set>/                               layer_000.npy ... (N, width float32), logits.npy,
-                                                      penultimate.npy, labels.npy, [odin.npy,] manifest.json
+                                                      penultimate.npy, labels.npy, [odin.npy, gram.npy,]
+                                                      [train: gram_bounds.npz,] manifest.json
         features/head.npz                             the classifier head (weight, bias) the features feed
         detectors/<detector>[-cal<n>]-seed<s>/        layer_000.joblib ..., selection.csv, [calibration.json,
                                                       calibration_held.npy,] manifest.json
@@ -27,6 +28,7 @@ MANIFEST = "manifest.json"
 # Files inside an image set and a feature set.
 IMAGES, LABELS = "images.npy", "labels.npy"
 LOGITS, PENULTIMATE, ODIN = "logits.npy", "penultimate.npy", "odin.npy"
+GRAM, GRAM_BOUNDS = "gram.npy", "gram_bounds.npz"     # per-tap Gram deviations; train: the bounds
 HEAD = "head.npz"
 # Files inside a detector directory.
 SELECTION, CALIBRATION, CALIBRATION_HELD = "selection.csv", "calibration.json", "calibration_held.npy"
