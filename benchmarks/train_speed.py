@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import create_model  # noqa: E402
-from utils.data import IMAGENET_MEAN, IMAGENET_STD, find_source, load_subset  # noqa: E402
+from models import PRESETS, create_model  # noqa: E402
+from utils.data import find_source, load_subset  # noqa: E402
 from utils.engine import cross_entropy, train_one_epoch  # noqa: E402
 from utils.fastconv import use_unfold_weight_grad  # noqa: E402
 
@@ -39,7 +39,7 @@ class PILDataset(torch.utils.data.Dataset):
 def plain_loop(model, images, labels, batch_size, batches, warmup, workers):
     import torchvision.transforms as T
     tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                    T.Normalize(PRESETS["imagenet"].mean, PRESETS["imagenet"].std)])
     loader = torch.utils.data.DataLoader(PILDataset(images, labels, tf), batch_size=batch_size, shuffle=True,
                                          num_workers=workers, drop_last=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)

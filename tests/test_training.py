@@ -112,6 +112,6 @@ def test_torchrun_two_cpu_processes(tmp_path):
            "--out", str(tmp_path / "ddp")]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "world 2" in done.stdout
+    assert "world 2" in done.stderr                       # the stages log to stderr
     model = load_model(tmp_path / "ddp" / "final.pt")
     assert model.arch == "resnet20"

@@ -22,7 +22,7 @@ equal its scores on the same features (to 1e-5, or the same ranking where a scor
 monotone map).
 """
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -68,7 +68,6 @@ class Inputs:
     seed: int = 0
     exit_threshold: float = 0.99
     exit_k: int = 2
-    cache: Dict = field(default_factory=dict, repr=False)   # results shared between methods of one call
 
     def available(self) -> FrozenSet[str]:
         have = {"logits", "penultimate", "labels", "layers"}
@@ -101,7 +100,7 @@ class Inputs:
     def fitted_on(self, kept: np.ndarray, held: np.ndarray) -> "Inputs":
         """These inputs with only the ``kept`` train rows to fit on and the ``held`` rows as one more set."""
         return replace(self, train=take(self.train, kept), sets={**self.sets, HELD: take(self.train, held)},
-                       layer_scores=None, cache={})
+                       layer_scores=None)
 
 
 @dataclass(frozen=True)
