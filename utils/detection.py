@@ -75,7 +75,8 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
 
     ind = layer_scores["test"]
     summary, tables = [], {}
-    for name, i_idx, o_idx in comparisons(len(ind), {n: len(layer_scores[n]) for n in ood_names}, seed):
+    pairs = comparisons(len(ind), {n: len(layer_scores[n]) for n in ood_names}, seed)
+    for name, i_idx, o_idx in pairs:
         ood_layers = pick_ood(layer_scores, name, o_idx, ood_names)
         tables[name] = layer_table(ind[i_idx], ood_layers)
         n = len(i_idx) if o_idx is not None else f"{len(i_idx)}+{len(ood_layers)}"
@@ -105,7 +106,7 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
         write_text(tmp / SUMMARY_MD, format_table(summary) + notes_text(run_record["variants"]))
         write_json(tmp / RUN_RECORD, run_record)
     try:
-        _plot(out, tables, layer_scores, scores, ood_names, seed)
+        _plot(out, tables, layer_scores, scores, ood_names, pairs)
     except Exception as e:   # a figure must never cost the tables
         log.warning(f"could not draw the figures in {out} ({type(e).__name__}: {e}); the tables are saved")
     log.info(f"results -> {out}")
@@ -143,13 +144,13 @@ def repeat_over_seeds(run: Path, make_laood: Callable[[int], LAOOD], seeds: Sequ
     return rows
 
 
-def _plot(out: Path, tables, layer_scores, scores, oods, seed) -> None:
+def _plot(out: Path, tables, layer_scores, scores, oods, pairs) -> None:
     """Per-layer AUROC, argmax counts, score histograms and ROC curves, as PNG beside the tables."""
     per_set = {n: rows for n, rows in tables.items() if n != "combined"}
     plots.per_layer_auroc(per_set, out / PER_LAYER_PLOT)
     plots.argmax_counts(per_set, out / ARGMAX_PLOT)
     plots.histograms(layer_scores["test"].max(1), {n: layer_scores[n].max(1) for n in oods}, out / HISTOGRAM_PLOT)
-    for name, i_idx, o_idx in comparisons(len(layer_scores["test"]), {n: len(layer_scores[n]) for n in oods}, seed):
+    for name, i_idx, o_idx in pairs:
         if o_idx is None:
             continue
         curves = {m: (s["test"][i_idx], s[name][o_idx]) for m, s in scores.items()}

@@ -109,7 +109,6 @@ class Method:
     fn: Callable[[Inputs], Dict[str, np.ndarray]]
     needs: FrozenSet[str]
     reference: str            # the paper it follows
-    laood: bool               # built on the fitted per-layer detectors
 
     def missing(self, inputs: Inputs) -> List[str]:
         return sorted(self.needs - inputs.available())
@@ -127,7 +126,7 @@ def register_method(name: str, needs: Sequence[str], reference: str = ""):
     def wrap(fn):
         if name in _METHODS:
             raise ValueError(f"a scoring method named {name!r} is already registered")
-        _METHODS[name] = Method(name, fn, frozenset(needs), reference, "detectors" in needs)
+        _METHODS[name] = Method(name, fn, frozenset(needs), reference)
         return fn
     return wrap
 
