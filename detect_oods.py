@@ -4,8 +4,8 @@
 """
 import argparse
 
-from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, la_ood, layout,
-                       locate_run, run_script)
+from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, dask_cluster, la_ood,
+                       layout, locate_run, run_script)
 from utils.detection import detect, repeat_over_seeds
 from utils.generate import generated_sets
 from utils.io import format_table
@@ -30,15 +30,19 @@ def main(args):
     run, arch, _ = locate_run(args)
     names = args.ood or [n for n in generated_sets(layout(args), args.ind, run.name)
                          if (Layout.features(run, n) / MANIFEST).exists()]
-    kwargs = dict(n_jobs=args.jobs, methods=args.methods, exit_threshold=args.exit_threshold, exit_k=args.exit_k)
+    kwargs = dict(n_jobs=args.jobs, methods=args.methods, exit_threshold=args.exit_threshold, exit_k=args.exit_k,
+                  backend="dask" if (args.dask_scheduler or args.dask_local) else None, score_device=args.score_device)
     if args.seeds:
         def make_laood(seed):
-            return la_ood(argparse.Namespace(**{**vars(args), "seed": seed}), arch)
-        rows = repeat_over_seeds(run, make_laood, args.seeds, names, **kwargs)
+            return la_ood(argparse.Namespace(**{**vars(args), "seed": seed}), arch, run)
+        with dask_cluster(args):
+            rows = repeat_over_seeds(run, make_laood, args.seeds, names, **kwargs)
         print(format_table(rows))
         return rows
-    tag = la_ood(args, arch).tag
-    summary = detect(run, Layout.detectors(run, tag), names, seed=args.seed, **kwargs)
+    la = la_ood(args, arch, run)
+    with dask_cluster(args):
+        summary = detect(run, Layout.detectors(run, la.tag), names, seed=args.seed, **kwargs)
+    tag = la.tag
     print((Layout.results(run, tag) / SUMMARY_MD).read_text())
     return summary
 

@@ -8,8 +8,8 @@ Each stage reuses only outputs made from the same checkpoint (by content hash) a
 import argparse
 import time
 
-from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, data_config, la_ood,
-                       layout, positive_int, resolve_device, run_script)
+from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, dask_cluster, data_config,
+                       la_ood, layout, positive_int, resolve_device, run_script)
 from utils.data import OOD_SETS, parse_extra
 from utils.detection import detect
 from utils.features import open_backbone, save_features
@@ -55,17 +55,19 @@ def main(args):
     sets = generate(cfg, lay)
     timings["generate_s"], t = time.time() - t, time.time()
     run = save_features(model, sha, lay, args.ind, cfg.tag, list(sets), device, args.batch_size, odin=args.odin,
-                        gram=args.gram, seed=args.seed)
+                        gram=args.gram, seed=args.seed, precision=args.precision)
     timings["features_s"], t = time.time() - t, time.time()
-    la = la_ood(args, model.arch)
-    det_dir = train_detectors(run, la)
-    timings["detectors_s"], t = time.time() - t, time.time()
+    la = la_ood(args, model.arch, run)
     oods = [name for name in sets if name not in IND_SPLITS]
-    summary = detect(run, det_dir, oods, seed=args.seed, n_jobs=args.jobs, methods=args.methods,
-                     exit_threshold=args.exit_threshold, exit_k=args.exit_k,
-                     record={"stage_seconds": timings})
+    with dask_cluster(args):
+        det_dir = train_detectors(run, la)
+        timings["detectors_s"], t = time.time() - t, time.time()
+        summary = detect(run, det_dir, oods, seed=args.seed, n_jobs=args.jobs, methods=args.methods,
+                         exit_threshold=args.exit_threshold, exit_k=args.exit_k, backend=la.backend,
+                         score_device=args.score_device,
+                         record={"stage_seconds": timings})
     timings["detect_s"] = time.time() - t
-    print(f"\n{model.arch} on {args.ind} ({sha[:8]}), {cfg.tag}, detector {args.detector}\n")
+    print(f"\n{model.arch} on {args.ind} ({sha[:8]}), {cfg.tag}, detector {la.detector}\n")
     print((Layout.results(run, la.tag) / SUMMARY_MD).read_text())
     print("stage seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in timings.items())
           + f"; results in {Layout.results(run, la.tag)}")

@@ -4,7 +4,7 @@
 """
 import argparse
 
-from utils.cli import add_data_args, add_detector_args, add_model_args, la_ood, locate_run, run_script
+from utils.cli import add_data_args, add_detector_args, add_model_args, dask_cluster, la_ood, locate_run, run_script
 from utils.fitting import train_detectors
 
 
@@ -19,7 +19,9 @@ def get_args_parser():
 
 def main(args):
     run, arch, _ = locate_run(args)
-    return train_detectors(run, la_ood(args, arch), force=args.force)
+    la = la_ood(args, arch, run)
+    with dask_cluster(args):
+        return train_detectors(run, la, force=args.force)
 
 
 if __name__ == "__main__":

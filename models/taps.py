@@ -19,6 +19,7 @@ class Intermediates(NamedTuple):
 
 
 def _pool(out: torch.Tensor) -> torch.Tensor:
+    out = out.float()   # a no-op in float32; under bfloat16 autocast the mean is taken in float32
     return out.mean(dim=(2, 3)) if out.dim() == 4 else out
 
 

@@ -1,5 +1,6 @@
 """Flags shared by every stage script, so the same thing has the same name everywhere."""
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -9,12 +10,12 @@ import torch
 from models import list_models, parse_normalization, read_checkpoint
 
 from .data import IND_SETS
-from .detectors import GAMMA_GRIDS, GAMMAS, LAOOD, NU
+from .detectors import AUTO_EXACT_MAX, DETECTORS, GAMMA_GRIDS, GAMMAS, LAOOD, NU, resolve_detector
 from .engine import TrainConfig
 from .generate import MAX_OOD, DataConfig
-from .io import sha256_file
+from .io import read_json, sha256_file
 from .methods import list_methods
-from .paths import Layout
+from .paths import MANIFEST, Layout
 
 
 def run_script(main, get_args_parser) -> None:
@@ -70,6 +71,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="architecture; needed only for plain state-dict checkpoints, checked otherwise")
     g.add_argument("--checkpoint", type=Path, required=True, help="backbone checkpoint file")
     add_normalization_arg(g)
+    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="forward pass of feature extraction: fp32, or bfloat16 autocast (faster on CPUs and GPUs "
+                        "that have it; its runs live apart, in <model>-<sha>-bf16)")
     g.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:1, mps")
     g.add_argument("--runs-root", type=Path, default=Layout.runs_root, help="root of features, detectors, results")
 
@@ -102,7 +106,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("detectors")
-    g.add_argument("--detector", default="ocsvm", choices=("ocsvm", "iforest"), help="per-layer detector")
+    g.add_argument("--detector", default="ocsvm", choices=DETECTORS,
+                   help="per-layer detector: ocsvm (exact, as the original), ocsvm-approx (Nystroem + SGD, linear in "
+                        f"n), iforest, or auto (ocsvm up to {AUTO_EXACT_MAX:,} fitting images, ocsvm-approx above)")
     g.add_argument("--gammas", type=float, nargs="+", default=None,
                    help="One-Class SVM gamma grid (default: the original's; wider for densenet100)")
     g.add_argument("--nu", type=float, default=NU, help="One-Class SVM nu")
@@ -112,17 +118,59 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-prune", action="store_true",
                    help="try every gamma of the grid instead of stopping once larger ones cannot win")
     g.add_argument("--jobs", type=int, default=-1, help="layers fitted / scored in parallel (-1: all cores)")
+    g.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
+                   help="fit and score the layers on a Dask cluster (e.g. tcp://10.0.0.5:8786) through joblib's "
+                        "Dask backend; needs dask[distributed]")
+    g.add_argument("--dask-local", type=positive_int, default=None, metavar="N",
+                   help="fit and score the layers on a local Dask cluster of N worker processes")
     g.add_argument("--calibration-size", type=int, default=0,
                    help="hold this many seeded train images back from the detectors to calibrate each layer's "
                         "score (adds the calibrated maximum and early exit to the tables); 0: off, as the original")
+    g.add_argument("--score-device", default=None, metavar="DEVICE",
+                   help="score the One-Class SVM layers with torch on this device (cpu, cuda, ...), in batches, "
+                        "instead of scikit-learn; default: scikit-learn")
     g.add_argument("--exit-threshold", type=float, default=0.99, help="early exit: calibrated OOD probability to exceed")
     g.add_argument("--exit-k", type=int, default=2, help="early exit: layers at which it must be exceeded")
 
 
-def la_ood(args, arch: str) -> LAOOD:
+def la_ood(args, arch: str, run: Path) -> LAOOD:
+    """The detector stage the flags ask for; ``--detector auto`` is resolved by the size of ``run``'s train
+    features (which must exist by then), and the choice logged and kept in ``LAOOD.choice``."""
     gammas = tuple(args.gammas) if args.gammas else GAMMA_GRIDS.get(arch, GAMMAS)
-    return LAOOD(detector=args.detector, gammas=gammas, nu=args.nu, seed=args.seed, select_size=args.select_size,
-                 prune=not args.no_prune, n_jobs=args.jobs, calibration_size=args.calibration_size)
+    detector, choice = args.detector, f"{args.detector} (asked for)"
+    if detector == "auto":
+        manifest = read_json(Layout.features(run, "train") / MANIFEST)
+        if manifest is None:
+            raise FileNotFoundError(f"--detector auto needs the train features of {run} to know their size; "
+                                    f"run save_inter_outputs.py first")
+        detector, choice = resolve_detector("auto", manifest["info"]["count"] - args.calibration_size)
+        logging.getLogger("detectors").info(f"--detector {choice}")
+    return LAOOD(detector=detector, gammas=gammas, nu=args.nu, seed=args.seed, select_size=args.select_size,
+                 prune=not args.no_prune, n_jobs=args.jobs, calibration_size=args.calibration_size,
+                 backend="dask" if (args.dask_scheduler or args.dask_local) else None, choice=choice)
+
+
+@contextlib.contextmanager
+def dask_cluster(args):
+    """Connects to ``--dask-scheduler`` or starts ``--dask-local N`` workers for the duration of a stage;
+    does nothing without those flags. joblib's Dask backend then sends the layer fits to the workers."""
+    if not (args.dask_scheduler or args.dask_local):
+        yield None
+        return
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as e:
+        raise RuntimeError("--dask-scheduler / --dask-local need Dask: pip install 'dask[distributed]'") from e
+    if args.dask_scheduler:
+        with Client(args.dask_scheduler, timeout="30s") as client:
+            logging.getLogger("detectors").info(f"layer fits on the Dask cluster at {args.dask_scheduler} "
+                                                f"({len(client.scheduler_info()['workers'])} workers)")
+            yield client
+    else:
+        with LocalCluster(n_workers=args.dask_local, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            logging.getLogger("detectors").info(f"layer fits on a local Dask cluster of {args.dask_local} workers")
+            yield client
 
 
 def locate_run(args):
@@ -133,7 +181,7 @@ def locate_run(args):
     if args.model and arch != args.model:
         raise ValueError(f"checkpoint {args.checkpoint} holds a {arch}, but --model {args.model} was asked for")
     sha = sha256_file(args.checkpoint)
-    return layout(args).run(args.ind, arch, sha, data_config(args).tag), arch, sha
+    return layout(args).run(args.ind, arch, sha, data_config(args).tag, getattr(args, "precision", "fp32")), arch, sha
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:

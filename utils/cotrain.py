@@ -14,32 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.pipeline import Pipeline
-from sklearn.svm import OneClassSVM
 from tqdm import tqdm
 
 from .data import normalization_of, to_input
-
-
-class OCSVMDecision(nn.Module):
-    """The One-Class SVM decision value without its offset, in torch: ``sum_j alpha_j k(z, s_j)``.
-
-    Equals scikit-learn's ``decision_function(z) + offset_`` on standardised inputs ``z``; all
-    support vectors in one batched kernel computation, differentiable in ``z``.
-    """
-
-    def __init__(self, svm: OneClassSVM):
-        super().__init__()
-        if not isinstance(svm, OneClassSVM) or svm.kernel != "rbf":
-            raise ValueError(f"co-training needs RBF One-Class SVM detectors, got {type(svm).__name__}")
-        self.register_buffer("sv", torch.as_tensor(svm.support_vectors_, dtype=torch.float32))
-        self.register_buffer("alpha", torch.as_tensor(svm.dual_coef_.ravel(), dtype=torch.float32))
-        self.register_buffer("sv_sq", self.sv.pow(2).sum(1))
-        self.gamma = float(svm._gamma)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        z = z.float()
-        d2 = (z.pow(2).sum(1, keepdim=True) - 2 * z @ self.sv.T + self.sv_sq).clamp_min(0)
-        return torch.exp(-self.gamma * d2) @ self.alpha
+from .torch_svm import OCSVMDecision
 
 
 class CoTrainLoss(nn.Module):

@@ -44,13 +44,16 @@ def exit_table(inputs: Inputs, arch: str, num_classes: int) -> List[Dict]:
 
 def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_jobs: int = 1,
            methods: Optional[Sequence[str]] = None, exit_threshold: float = 0.99, exit_k: int = 2,
-           record: Optional[Dict] = None, cache: Optional[Dict] = None) -> List[Dict]:
+           record: Optional[Dict] = None, cache: Optional[Dict] = None, backend: Optional[str] = None,
+           score_device: Optional[str] = None) -> List[Dict]:
     """Score the test split and every OOD set; write per-set tables, the summary, figures and a run record.
 
     The summary has one row per OOD set and method: every registered scoring method in ``methods``
     (default: all) whose needs are met, and the best single layer (an oracle: chosen with the OOD labels),
     all on the same balanced comparisons. Scores of methods that do not use the detectors do not depend
-    on them: a ``cache`` dict passed to several calls computes them once.
+    on them: a ``cache`` dict passed to several calls computes them once. ``backend``: joblib's backend for
+    the per-layer scoring (e.g. ``"dask"``); ``score_device``: score One-Class SVM layers with torch on that
+    device instead (see :meth:`LAOOD.score_layers`).
     """
     start = time.time()
     test = load_features(run, "test")
@@ -58,9 +61,9 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
         raise ValueError(f"no OOD sets to score in {run / 'features'}; generate and save some first")
     sha = test["manifest"]["settings"]["checkpoint_sha256"]
     la = load_detectors(det_dir, expect_sha=sha)
-    la.n_jobs = n_jobs
+    la.n_jobs, la.backend = n_jobs, backend
     sets = {"test": test, **{name: load_features(run, name, expect_sha=sha) for name in ood_names}}
-    layer_scores = {name: la.score_layers(f["layers"]) for name, f in sets.items()}
+    layer_scores = {name: la.score_layers(f["layers"], device=score_device) for name, f in sets.items()}
     inputs = Inputs(train=load_features(run, "train"), sets=sets, head=load_head(run), layer_scores=layer_scores,
                     calibration=la.calibration_, seed=seed, exit_threshold=exit_threshold, exit_k=exit_k)
     names = list(methods) if methods is not None else list_methods()

@@ -3,11 +3,20 @@
 Sign convention, used everywhere in this repository: **an OOD score is larger for more anomalous
 inputs**. For a fitted pipeline it is ``-decision_function``.
 
-A layer's detector is a ``Pipeline(StandardScaler, OneClassSVM | IsolationForest)``: the scaler is fitted
-on all in-distribution train features of the layer and travels with the detector. The One-Class SVM's
-``gamma`` is chosen by self-adaptive data shifting (SAS; Wang et al., Pattern Recognition 2018), which
-makes pseudo-outliers from the data itself, so no OOD data is ever used.
+A layer's detector is a ``Pipeline(StandardScaler, OneClassSVM | ApproxOneClassSVM | IsolationForest)``:
+the scaler is fitted on all in-distribution train features of the layer and travels with the detector.
+The One-Class SVM's ``gamma`` is chosen by self-adaptive data shifting (SAS; Wang et al., Pattern
+Recognition 2018), which makes pseudo-outliers from the data itself, so no OOD data is ever used.
+
+Detectors (``--detector``):
+
+- ``ocsvm``: libsvm's exact RBF One-Class SVM, as the original. Its fit grows about as n^2.
+- ``ocsvm-approx``: the RBF kernel approximated by Nystroem features and a linear One-Class SVM fitted by
+  averaged SGD over chunks of the (memory-mapped) features; linear in n, for sets far past CIFAR's size.
+- ``iforest``: an Isolation Forest.
+- ``auto``: ``ocsvm`` up to :data:`AUTO_EXACT_MAX` fitting images, ``ocsvm-approx`` above.
 """
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,12 +25,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from joblib import Parallel, delayed
 from scipy.stats import norm
+from joblib import parallel_config
+from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.ensemble import IsolationForest
+from sklearn.linear_model import SGDOneClassSVM
 from sklearn.model_selection import train_test_split
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from .paths import Layout
@@ -32,6 +45,23 @@ WIDE_GAMMAS = GAMMAS + (0.25, 0.5, 1.0)   # for DenseNet, as the original intend
 GAMMA_GRIDS = {"densenet100": WIDE_GAMMAS}
 NU = 0.001
 EDGE_THRESHOLD = 0.01
+
+DETECTORS = ("ocsvm", "ocsvm-approx", "iforest", "auto")
+AUTO_EXACT_MAX = 100_000       # --detector auto: the exact SVM up to this many fitting images
+APPROX_SELECT_SIZE = 20_000    # ocsvm-approx chooses gamma on a seeded subsample of at most this many
+CHUNK = 8192                   # rows per chunk wherever features are streamed
+
+
+def resolve_detector(detector: str, n_fit: int) -> Tuple[str, str]:
+    """``(detector, why)``: ``auto`` becomes ``ocsvm`` or ``ocsvm-approx`` by the number of fitting images."""
+    if detector not in DETECTORS:
+        raise ValueError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    if detector != "auto":
+        return detector, f"{detector} (asked for)"
+    if n_fit <= AUTO_EXACT_MAX:
+        return "ocsvm", f"auto: {n_fit:,} fitting images <= {AUTO_EXACT_MAX:,}, the exact One-Class SVM (ocsvm)"
+    return "ocsvm-approx", (f"auto: {n_fit:,} fitting images > {AUTO_EXACT_MAX:,}, the approximate One-Class SVM "
+                            f"(ocsvm-approx)")
 
 
 @dataclass
@@ -92,8 +122,92 @@ def _fit_svm(Z: np.ndarray, gamma: float, nu: float, cache_size: float) -> OneCl
     return OneClassSVM(kernel="rbf", gamma=gamma, nu=nu, cache_size=cache_size).fit(Z)
 
 
+class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
+    """An RBF One-Class SVM for large n: Nystroem features (``n_components`` landmarks drawn from the data)
+    and a linear One-Class SVM on them, fitted by averaged SGD (scikit-learn's ``SGDOneClassSVM``), then
+    the offset placed at the ``nu`` quantile of the training scores, where the exact solution's
+    nu-property puts it (at most a fraction nu of training points outside). Same contract as
+    ``OneClassSVM``: ``decision_function`` (> 0 inside), ``predict`` (+1 / -1), ``score_samples``.
+
+    ``fit`` streams ``X`` (an array or a memory map) in seeded random chunks of ``chunk_size`` rows,
+    applying ``transform`` (e.g. a fitted scaler's) to each chunk: memory stays at a chunk, never the whole
+    set; time grows linearly in n. SGD with nu = 0.001 converges slowly, so it runs for at least ``updates``
+    samples (and ``min_epochs`` passes): 20 passes at 10,000 points, 2 at a million.
+    """
+
+    def __init__(self, gamma: float = 0.01, nu: float = NU, n_components: int = 512, updates: int = 200_000,
+                 min_epochs: int = 2, chunk_size: int = CHUNK, random_state: int = 0):
+        self.gamma, self.nu, self.n_components = gamma, nu, n_components
+        self.updates, self.min_epochs = updates, min_epochs
+        self.chunk_size, self.random_state = chunk_size, random_state
+
+    def fit(self, X, y=None, transform=None):
+        pre = transform or (lambda a: np.asarray(a, dtype=np.float64))
+        n = len(X)
+        rng = np.random.default_rng(self.random_state)
+        m = min(self.n_components, n)
+        # Nystroem: landmarks C, and K_CC^(-1/2) from its eigendecomposition (tiny eigenvalues clipped).
+        C = pre(X[np.sort(rng.choice(n, m, replace=False))])
+        sq = (C * C).sum(1)
+        with threadpool_limits(1):   # a small matrix: one thread is fastest, and never stalls on a busy machine
+            eigval, eigvec = np.linalg.eigh(np.exp(-self.gamma * np.maximum(sq[:, None] - 2 * C @ C.T + sq, 0)))
+        self.components_ = C.astype(np.float32)
+        self.normalization_ = ((eigvec / np.sqrt(np.maximum(eigval, 1e-12))) @ eigvec.T).astype(np.float32)
+        self.sgd_ = SGDOneClassSVM(nu=self.nu, learning_rate="optimal", average=True, random_state=self.random_state)
+        # Mapped features are kept (float32) when they take at most CACHE_BYTES, else mapped again every epoch.
+        cached = self._map_all(X, pre) if n * m * 4 <= self.CACHE_BYTES else None
+        self.epochs_ = max(self.min_epochs, math.ceil(self.updates / n))
+        for _ in range(self.epochs_):
+            order = rng.permutation(n)
+            for s in range(0, n, self.chunk_size):
+                rows = np.sort(order[s:s + self.chunk_size])
+                self.sgd_.partial_fit(cached[rows] if cached is not None else self.transform(pre(X[rows])))
+        # The offset from at most 200,000 seeded training points (enough for the 0.1% quantile).
+        sample = np.sort(rng.choice(n, min(n, 200_000), replace=False))
+        raw = (self.sgd_.score_samples(cached[sample]) if cached is not None
+               else np.concatenate([self.sgd_.score_samples(self.transform(pre(X[sample[s:s + self.chunk_size]])))
+                                    for s in range(0, len(sample), self.chunk_size)]))
+        self.offset_ = float(np.quantile(raw, self.nu))
+        self.n_features_in_ = self.components_.shape[1]
+        return self
+
+    CACHE_BYTES = 1 << 30
+
+    def _map_all(self, X, pre) -> np.ndarray:
+        out = np.empty((len(X), len(self.components_)), np.float32)
+        for s in range(0, len(X), self.chunk_size):
+            out[s:s + self.chunk_size] = self.transform(pre(X[s:s + self.chunk_size]))
+        return out
+
+    def transform(self, Z: np.ndarray) -> np.ndarray:
+        """The Nystroem feature map, in float32: ``k(z, landmarks) @ normalization``."""
+        Z = np.asarray(Z, dtype=np.float32)
+        d2 = (Z * Z).sum(1, keepdims=True) - 2 * Z @ self.components_.T + (self.components_ ** 2).sum(1)
+        return np.exp(-self.gamma * np.maximum(d2, 0)) @ self.normalization_
+
+    def score_samples(self, X) -> np.ndarray:
+        X = np.asarray(X)
+        return np.concatenate([self.sgd_.score_samples(self.transform(X[s:s + self.chunk_size]))
+                               for s in range(0, len(X), self.chunk_size)] or [np.zeros(0)])
+
+    def decision_function(self, X) -> np.ndarray:
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X) -> np.ndarray:
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+
+def _fitter(detector: str, nu: float, seed: int, cache_size: float):
+    """``fit(Z, gamma, nu)`` of a One-Class SVM kind."""
+    if detector == "ocsvm":
+        return lambda Z, gamma, nu_: _fit_svm(Z, gamma, nu_, cache_size)
+    if detector == "ocsvm-approx":
+        return lambda Z, gamma, nu_: ApproxOneClassSVM(gamma, nu_, random_state=seed).fit(Z)
+    raise ValueError(f"{detector} has no gamma to select")
+
+
 def select_gamma(Z: np.ndarray, gammas: Sequence[float] = GAMMAS, nu: float = NU, seed: int = 0,
-                 prune: bool = True, cache_size: float = 1000) -> Dict:
+                 prune: bool = True, cache_size: float = 1000, detector: str = "ocsvm") -> Dict:
     """Choose the One-Class SVM's gamma on standardised features ``Z`` by SAS, without OOD data.
 
     ``Z`` is split 70/30 (seeded); pseudo-outliers are shifted out of the 30% part, which also serves
@@ -105,14 +219,17 @@ def select_gamma(Z: np.ndarray, gammas: Sequence[float] = GAMMAS, nu: float = NU
     ``prune``: gammas are tried in increasing order and the search stops once half the rejection rate
     of the inliers alone reaches the best error so far. That rate grows with gamma (the RBF boundary
     tightens around the training points), so no larger gamma can do better; those are also the
-    slowest fits, where nearly every point becomes a support vector.
+    slowest fits, where nearly every point becomes a support vector. (Not so for ``ocsvm-approx``, whose
+    offset keeps the rejection near nu: it always tries the whole grid.)
     """
+    fit = _fitter(detector, nu, seed, cache_size)
+    prune = prune and detector == "ocsvm"
     fit_part, val_part = train_test_split(Z, test_size=0.3, random_state=seed)
     shift = shift_data(val_part)
     errors: Dict[float, float] = {}
     best = (math.inf, None)
     for gamma in sorted(gammas):
-        svm = _fit_svm(fit_part, gamma, nu, cache_size)
+        svm = fit(fit_part, gamma, nu)
         accepted = float((svm.predict(shift.outliers) == 1).mean()) if len(shift.outliers) else 0.0
         rejected = float((svm.predict(val_part) == -1).mean())
         errors[gamma] = 0.5 * accepted + 0.5 * rejected
@@ -135,28 +252,52 @@ def fit_layer(X: np.ndarray, detector: str = "ocsvm", gammas: Sequence[float] = 
     """Fit one layer's detector on in-distribution train features ``X``; returns it and a record.
 
     The scaler and the final detector always see all of ``X``; with ``select_size`` only the
-    gamma selection runs on a seeded subsample of that many points.
+    gamma selection runs on a seeded subsample of that many points (``ocsvm-approx``: at most
+    :data:`APPROX_SELECT_SIZE` by default). ``ocsvm-approx`` streams ``X`` in chunks (a memory map stays
+    one), the others read it whole.
     """
     start = time.time()
-    X = np.asarray(X, dtype=np.float64)
-    if not np.isfinite(X).all():
-        raise ValueError("features contain NaN or infinite values; recompute them with save_inter_outputs.py")
-    scaler = StandardScaler().fit(X)
-    Z = scaler.transform(X)
-    if detector == "ocsvm":
-        sel = Z
-        if select_size is not None and select_size < len(Z):
-            sel = Z[np.random.default_rng(seed).choice(len(Z), size=select_size, replace=False)]
-        record = select_gamma(sel, gammas, nu, seed, prune, cache_size)
-        est = _fit_svm(Z, record["gamma"], record["nu"], cache_size)
-        record["support_vectors"] = int(len(est.support_))
+    if detector == "ocsvm-approx":
+        scaler = _streamed_scaler(X)
+        select_size = select_size or APPROX_SELECT_SIZE
+    else:
+        X = np.asarray(X, dtype=np.float64)
+        if not np.isfinite(X).all():
+            raise ValueError(_NON_FINITE)
+        scaler = StandardScaler().fit(X)
+    if detector in ("ocsvm", "ocsvm-approx"):
+        if select_size is not None and select_size < len(X):
+            sel = scaler.transform(X[np.random.default_rng(seed).choice(len(X), size=select_size, replace=False)])
+        else:
+            sel = scaler.transform(X)
+        record = select_gamma(sel, gammas, nu, seed, prune, cache_size, detector)
+        if detector == "ocsvm":
+            est = _fit_svm(sel if sel.shape[0] == len(X) else scaler.transform(X), record["gamma"], record["nu"],
+                           cache_size)
+            record["support_vectors"] = int(len(est.support_))
+        else:
+            est = ApproxOneClassSVM(record["gamma"], record["nu"], random_state=seed).fit(X, transform=scaler.transform)
     elif detector == "iforest":
-        est = IsolationForest(random_state=seed, n_jobs=1).fit(Z)
+        est = IsolationForest(random_state=seed, n_jobs=1).fit(scaler.transform(X))
         record = {}
     else:
-        raise ValueError(f"unknown detector {detector!r}; choose ocsvm or iforest")
+        raise ValueError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS[:-1])}")
     record.update(detector=detector, n_train=len(X), dim=X.shape[1], fit_seconds=time.time() - start)
     return Pipeline([("scale", scaler), (detector, est)]), record
+
+
+_NON_FINITE = "features contain NaN or infinite values; recompute them with save_inter_outputs.py"
+
+
+def _streamed_scaler(X, chunk: int = CHUNK) -> StandardScaler:
+    """A StandardScaler fitted chunk by chunk (a memory map is never read whole), checking every value."""
+    scaler = StandardScaler()
+    for s in range(0, len(X), chunk):
+        part = np.asarray(X[s:s + chunk], dtype=np.float64)
+        if not np.isfinite(part).all():
+            raise ValueError(_NON_FINITE)
+        scaler.partial_fit(part)
+    return scaler
 
 
 def ood_score(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:
@@ -184,6 +325,8 @@ class LAOOD:
     n_jobs: int = 1
     cache_size: float = 1000
     calibration_size: int = 0
+    backend: Optional[str] = None     # a joblib backend for the layer fits and scores, e.g. "dask"
+    choice: str = ""                  # how the detector was chosen (--detector auto), for the manifest
     detectors_: List[Pipeline] = field(default_factory=list, repr=False)
     calibration_: Optional["Calibration"] = field(default=None, repr=False)
     records_: List[Dict] = field(default_factory=list, repr=False)
@@ -194,9 +337,10 @@ class LAOOD:
         # Largest layers first, so the slowest fits do not end up alone at the tail.
         order = sorted(range(len(layers)), key=lambda i: -layers[i].shape[1])
         jobs = (delayed(fit_layer)(layers[i], **kwargs) for i in order)
-        results = Parallel(n_jobs=self.n_jobs, return_as="generator")(jobs)
-        fitted = dict(zip(order, tqdm(results, total=len(order), desc=f"{self.detector} layers",
-                                       disable=not progress)))
+        with self._parallel():
+            results = Parallel(n_jobs=self.n_jobs, return_as="generator")(jobs)
+            fitted = dict(zip(order, tqdm(results, total=len(order), desc=f"{self.detector} layers",
+                                           disable=not progress)))
         self.detectors_ = [fitted[i][0] for i in range(len(layers))]
         self.records_ = [dict(layer=i, **fitted[i][1]) for i in range(len(layers))]
         return self
@@ -217,12 +361,23 @@ class LAOOD:
         self.calibration_ = Calibration.fit(self.score_layers([np.asarray(X[held]) for X in layers]), held=held)
         return self
 
-    def score_layers(self, layers: Sequence[np.ndarray]) -> np.ndarray:
-        """``(N, L)`` OOD scores of every layer."""
+    def score_layers(self, layers: Sequence[np.ndarray], device=None) -> np.ndarray:
+        """``(N, L)`` OOD scores of every layer; with ``device`` (e.g. ``"cuda"``), the RBF One-Class SVM layers
+        are scored by torch there, in batches (``utils.torch_svm``), the others by scikit-learn."""
         if len(layers) != len(self.detectors_):
             raise ValueError(f"{len(layers)} feature layers given, but {len(self.detectors_)} detectors fitted")
-        cols = Parallel(n_jobs=self.n_jobs)(delayed(ood_score)(d, X) for d, X in zip(self.detectors_, layers))
+        if device is not None:
+            from .torch_svm import is_rbf_svm, torch_ood_score
+            return np.stack([torch_ood_score(d, X, device) if is_rbf_svm(d[-1]) else ood_score(d, X)
+                             for d, X in zip(self.detectors_, layers)], axis=1)
+        with self._parallel():
+            cols = Parallel(n_jobs=self.n_jobs)(delayed(ood_score)(d, X) for d, X in zip(self.detectors_, layers))
         return np.stack(cols, axis=1)
+
+    def _parallel(self):
+        """joblib's configuration for the per-layer jobs: local processes, or ``backend`` (e.g. a Dask cluster,
+        whose client must exist, see ``utils.cli.dask_cluster``)."""
+        return parallel_config(backend=self.backend) if self.backend else contextlib.nullcontext()
 
     def score(self, layers: Sequence[np.ndarray]) -> np.ndarray:
         """The LA-OOD score: the maximum over layers of the per-layer OOD scores."""

@@ -24,6 +24,16 @@ from .paths import GRAM, GRAM_BOUNDS, LABELS, LOGITS, MANIFEST, ODIN, PENULTIMAT
 log = logging.getLogger(__name__)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def inference_autocast(device: torch.device, precision: str = "fp32"):
+    """A context factory for the forward pass: nothing for fp32, bfloat16 autocast for bf16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def open_backbone(checkpoint, ind: str, arch: Optional[str] = None, device: torch.device = torch.device("cpu"),
                   normalization: Optional[Normalization] = None):
     """The checkpoint's model in eval mode on ``device``, and the checkpoint's sha256."""
@@ -31,56 +41,84 @@ def open_backbone(checkpoint, ind: str, arch: Optional[str] = None, device: torc
     return model.to(device).eval(), sha256_file(checkpoint)
 
 
+def output_widths(model) -> Dict[str, int]:
+    """Widths of the logits and of the penultimate features (the head's output and input)."""
+    head = dict(model.named_modules())[model.head_name]
+    return {LOGITS: head.out_features, PENULTIMATE: head.in_features}
+
+
+def preallocate(model, n: int, out: Path) -> None:
+    """Create the ``.npy`` files :func:`extract` fills, at their final shapes."""
+    shapes = {layer_file(i, "npy"): w for i, w in enumerate(model.tap_widths)} | output_widths(model)
+    for name, width in shapes.items():
+        np.lib.format.open_memmap(out / name, mode="w+", dtype=np.float32, shape=(n, width)).flush()
+
+
 @torch.inference_mode()
 def extract(model, images: np.ndarray, out: Path, device: torch.device, batch_size: int = 256,
-            desc: str = "", progress: bool = True, statistic=None, on_batch=None) -> None:
+            desc: str = "", progress: bool = True, statistic=None, on_batch=None, precision: str = "fp32",
+            rank: int = 0, world: int = 1) -> None:
     """Write ``layer_XXX.npy`` (one per tap), ``logits.npy`` and ``penultimate.npy`` for ``images``;
-    ``on_batch(start, stop, intermediates)`` sees each batch's outputs (with ``statistic`` of every tap)."""
+    ``on_batch(start, stop, intermediates)`` sees each batch's outputs (with ``statistic`` of every tap).
+
+    ``precision="bf16"`` runs the forward pass under bfloat16 autocast (pooling and the saved arrays stay
+    float32); see :data:`PRECISIONS`. With ``world`` > 1 the files must exist (:func:`preallocate`) and
+    this process fills batches ``rank, rank + world, ...``: the same batches a single process makes.
+    """
     n = len(images)
     norm = normalization_of(model)
-    arrays = [np.lib.format.open_memmap(out / layer_file(i, "npy"), mode="w+", dtype=np.float32, shape=(n, w))
-              for i, w in enumerate(model.tap_widths)]
-    logits = penult = None
-    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
+    autocast = inference_autocast(device, precision)
+    if world == 1:
+        preallocate(model, n, out)
+    names = [layer_file(i, "npy") for i in range(model.num_taps)] + [LOGITS, PENULTIMATE]
+    arrays = [np.load(out / name, mmap_mode="r+") for name in names]
+    starts = range(rank * batch_size, n, world * batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):
         stop = min(start + batch_size, n)
-        o = model.forward_intermediates(to_input(images[start:stop], device, normalization=norm), penultimate=True,
-                                        statistic=statistic)
+        with autocast():
+            o = model.forward_intermediates(to_input(images[start:stop], device, normalization=norm),
+                                            penultimate=True, statistic=statistic)
         if on_batch is not None:
             on_batch(start, stop, o)
-        if logits is None:
-            logits = np.lib.format.open_memmap(out / LOGITS, "w+", np.float32, (n, o.logits.shape[1]))
-            penult = np.lib.format.open_memmap(out / PENULTIMATE, "w+", np.float32,
-                                               (n, o.penultimate.shape[1]))
-        for array, f in zip(arrays, o.features):
+        for array, f in zip(arrays, o.features + [o.logits, o.penultimate]):
             array[start:stop] = f.float().cpu().numpy()
-        logits[start:stop] = o.logits.float().cpu().numpy()
-        penult[start:stop] = o.penultimate.float().cpu().numpy()
-    for array in arrays + [logits, penult]:
-        if array is not None:
-            array.flush()
-            if not np.isfinite(np.asarray(array)).all():
-                raise ValueError(f"non-finite features in {out}: is the checkpoint broken?")
+    for array in arrays:
+        array.flush()
+        if not all(np.isfinite(array[s:s + batch_size]).all() for s in starts):
+            raise ValueError(f"non-finite features in {out}: is the checkpoint broken?")
 
 
 def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, names: Sequence[str],
                   device: torch.device, batch_size: int = 256, force: bool = False, odin: bool = False,
-                  gram: bool = False, seed: int = 0) -> Path:
+                  gram: bool = False, seed: int = 0, precision: str = "fp32") -> Path:
     """Features of every set in ``names`` under the run directory; sets already complete are kept.
 
     ``odin`` also stores each image's ODIN score and ``gram`` its per-tap Gram deviations (both need the
-    network itself, so they are computed here rather than from saved features; see utils/gram.py)."""
-    run = layout.run(ind, model.arch, ckpt_sha, tag)
-    save_head(model, run)
+    network itself, so they are computed here rather than from saved features; see utils/gram.py).
+    ``precision`` other than fp32 gets its own run directory (see :meth:`Layout.run`)."""
+    if (odin or gram) and precision != "fp32":
+        raise ValueError("--odin and --gram run in float32 only; leave out --precision or those flags")
+    rank, world = process_group()
+    if world > 1 and (odin or gram):
+        raise ValueError("--odin and --gram run in one process; start save_inter_outputs.py without torchrun")
+    run = layout.run(ind, model.arch, ckpt_sha, tag, precision)
+    if rank == 0:
+        save_head(model, run)
     for name in names:
         images, labels, image_manifest = load_images(layout, ind, tag, name)
         with_odin = odin and name != "train"     # ODIN scores only matter for the evaluated sets
         settings = {"checkpoint_sha256": ckpt_sha, "arch": model.arch, "images": image_manifest["settings"],
                     "taps": model.num_taps, "normalization": normalization_of(model).as_dict(), "odin": with_odin}
+        if precision != "fp32":   # absent: float32, as every run before the option existed
+            settings["precision"] = precision
         if gram:
             settings.update(gram=True, gram_poles=len(POLES), gram_seed=seed)
         out = layout.features(run, name)
         if is_complete(out, settings) and not force:
             log.info(f"{name}: features already complete in {out}")
+            continue
+        if world > 1:
+            _extract_across_ranks(model, images, labels, out, settings, device, batch_size, name, precision)
             continue
         with StagingDir(out, settings, {"count": len(images), "widths": model.tap_widths}) as tmp:
             if gram and name == "train":
@@ -88,13 +126,53 @@ def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, name
             elif gram:
                 _extract_gram_deviations(model, images, tmp, device, batch_size, layout.features(run, "train"))
             else:
-                extract(model, images, tmp, device, batch_size, desc=name)
+                extract(model, images, tmp, device, batch_size, desc=name, precision=precision)
             np.save(tmp / LABELS, labels)
             if with_odin:
                 np.save(tmp / ODIN, odin_scores(model, images, device, batch_size=batch_size,
                                                       progress=f"{name} ODIN"))
         log.info(f"{name}: {len(images)} images x {model.num_taps} layers -> {out}")
     return run
+
+
+def process_group():
+    """``(rank, world size)`` of the torch.distributed group this process belongs to (``torchrun``), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _extract_across_ranks(model, images, labels, out: Path, settings: Dict, device, batch_size: int, name: str,
+                          precision: str) -> None:
+    """One set split across the ranks of a process group: rank 0 stages the directory and preallocates the
+    files, every rank fills its own batches, and rank 0 writes the manifest and moves the directory into
+    place once all have finished. A rank that dies leaves only the staging directory, which nothing reads
+    (and a later run deletes)."""
+    dist = torch.distributed
+    rank, world = process_group()
+    staging = StagingDir(out, settings, {"count": len(images), "widths": model.tap_widths, "processes": world})
+    box = [str(staging.__enter__()) if rank == 0 else None]
+    if rank == 0:
+        preallocate(model, len(images), Path(box[0]))
+    dist.broadcast_object_list(box, src=0)
+    tmp = Path(box[0])
+    failed = torch.ones(1)
+    try:
+        extract(model, images, tmp, device, batch_size, desc=f"{name} (rank {rank}/{world})", precision=precision,
+                rank=rank, world=world, progress=rank == 0)
+        failed.zero_()
+    finally:
+        dist.all_reduce(failed)   # also the barrier: every rank has written its rows
+        if rank == 0:
+            if failed.item():
+                staging.__exit__(RuntimeError, None, None)
+            else:
+                np.save(tmp / LABELS, labels)
+                staging.__exit__(None, None, None)
+                log.info(f"{name}: {len(images)} images x {model.num_taps} layers by {world} processes -> {out}")
+        dist.barrier()
+    if failed.item():
+        raise RuntimeError(f"another process failed while extracting {name}; nothing was kept")
 
 
 def _extract_gram_bounds(model, images, labels, out: Path, device, batch_size: int, seed: int) -> None:

@@ -46,7 +46,8 @@ def train_detectors(run: Path, la: LAOOD, force: bool = False) -> Path:
     else:
         la.fit(train["layers"])
     seconds = time.time() - start
-    with StagingDir(out, settings, {"layers": len(la.detectors_), "fit_seconds": seconds}) as tmp:
+    info = {"layers": len(la.detectors_), "fit_seconds": seconds, "detector_choice": la.choice or la.detector}
+    with StagingDir(out, settings, info) as tmp:
         for i, det in enumerate(la.detectors_):
             joblib.dump(det, tmp / layer_file(i, "joblib"))
         if la.calibration_ is not None:

@@ -1,7 +1,7 @@
 """The one place that knows where every artifact lives.
 
     data/generated/<ind>/<data tag>/<set>/            images.npy (N,32,32,3 uint8), labels.npy, manifest.json
-    runs/<ind>/<model>-<ckpt sha[:8]>/<data tag>/
+    runs/<ind>/<model>-<ckpt sha[:8]>[-bf16]/<data tag>/
         features/<set>/                               layer_000.npy ... (N, width float32), logits.npy,
                                                       penultimate.npy, labels.npy, [odin.npy, gram.npy,]
                                                       [train: gram_bounds.npz,] manifest.json
@@ -80,8 +80,11 @@ class Layout:
     def images(self, ind: str, tag: str, name: str) -> Path:
         return self.image_root(ind, tag) / name
 
-    def run(self, ind: str, model: str, ckpt_sha: str, tag: str) -> Path:
-        return Path(self.runs_root) / ind / f"{model}-{ckpt_sha[:8]}" / tag
+    def run(self, ind: str, model: str, ckpt_sha: str, tag: str, precision: str = "fp32") -> Path:
+        """A checkpoint's run; features computed in another precision than float32 live in their own
+        (``vgg16-ce8d1176-bf16``), so both can be compared and neither is ever read for the other."""
+        suffix = "" if precision == "fp32" else f"-{precision}"
+        return Path(self.runs_root) / ind / f"{model}-{ckpt_sha[:8]}{suffix}" / tag
 
     def training(self, ind: str, model: str, schedule: str) -> Path:
         """Where ``train_backbone_model.py`` writes its checkpoints and log by default."""

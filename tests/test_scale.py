@@ -1,0 +1,132 @@
+"""Past one machine: the approximate One-Class SVM, --detector auto, layer fits on a Dask cluster, feature
+extraction across torchrun processes, and One-Class SVM scoring with torch."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+import generate_datasets
+import save_inter_outputs
+from conftest import CHECKPOINTS, DATA, ROOT, need
+from utils.cli import la_ood
+from utils.detectors import AUTO_EXACT_MAX, LAOOD, ApproxOneClassSVM, fit_layer, ood_score, resolve_detector
+from utils.features import load_features
+from utils.torch_svm import torch_ood_score
+
+
+def gaussian_task(d=32, n=6000, seed=0):
+    """In-distribution: a correlated Gaussian; OOD: the same, wider and shifted."""
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(d, d)) / np.sqrt(d)
+    train = (rng.normal(size=(n, d)) @ A).astype(np.float32)
+    test = rng.normal(size=(1000, d)) @ A
+    ood = (rng.normal(size=(1000, d)) * 1.3) @ A + 0.3
+    return train, test, ood
+
+
+def auroc(pipeline, test, ood):
+    return roc_auc_score(np.r_[np.zeros(len(test)), np.ones(len(ood))],
+                         np.r_[ood_score(pipeline, test), ood_score(pipeline, ood)])
+
+
+def test_approx_ocsvm_keeps_the_contract_and_the_ranking():
+    train, test, ood = gaussian_task()
+    exact, exact_rec = fit_layer(train, "ocsvm")
+    approx, rec = fit_layer(train, "ocsvm-approx")
+    assert isinstance(approx[-1], ApproxOneClassSVM) and rec["gamma"] in rec["errors"]
+    assert len(rec["errors"]) == 7                      # the whole grid: no pruning for the approximation
+    # The offset sits at the nu quantile of the training scores: about nu of them rejected.
+    Z = approx[0].transform(train)
+    assert np.mean(approx[-1].predict(Z) == -1) <= 0.005
+    assert set(np.unique(approx[-1].predict(Z))) <= {-1, 1}
+    assert np.allclose(approx[-1].decision_function(Z), approx[-1].score_samples(Z) - approx[-1].offset_)
+    # It ranks OOD like the exact detector (AUROC about 0.95 here).
+    assert abs(auroc(approx, test, ood) - auroc(exact, test, ood)) < 0.02
+    assert auroc(approx, test, ood) > 0.9
+
+
+def test_approx_ocsvm_streams_a_memory_map_and_is_seeded(tmp_path):
+    train, test, _ = gaussian_task(n=3000)
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.float32, train.shape)
+    mm[:] = train
+    mm.flush()
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    a, _ = fit_layer(mm, "ocsvm-approx", gammas=(0.01, 0.05))
+    b, _ = fit_layer(train, "ocsvm-approx", gammas=(0.01, 0.05))
+    assert np.array_equal(ood_score(a, test), ood_score(b, test))   # same seed, same model
+    small = ApproxOneClassSVM(gamma=0.05, chunk_size=500).fit(np.asarray(train, np.float64)[:2000])
+    assert small.components_.shape == (512, train.shape[1])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        bad = train.copy()
+        bad[5, 3] = np.nan
+        fit_layer(bad, "ocsvm-approx")
+
+
+def test_auto_picks_by_size(tmp_path):
+    assert resolve_detector("auto", AUTO_EXACT_MAX)[0] == "ocsvm"
+    assert resolve_detector("auto", AUTO_EXACT_MAX + 1)[0] == "ocsvm-approx"
+    assert resolve_detector("iforest", 10**7)[0] == "iforest"
+    with pytest.raises(ValueError, match="unknown detector"):
+        resolve_detector("svm", 10)
+    args = type("A", (), dict(gammas=None, detector="auto", nu=0.001, seed=0, select_size=None, no_prune=False,
+                              jobs=1, calibration_size=0, dask_scheduler=None, dask_local=None))()
+    with pytest.raises(FileNotFoundError, match="save_inter_outputs.py first"):
+        la_ood(args, "vgg16", tmp_path)
+
+
+def test_torch_scoring_equals_scikit_learn():
+    train, test, ood = gaussian_task(n=3000)
+    pipe, _ = fit_layer(train, "ocsvm", gammas=(0.05,))
+    X = np.r_[test, ood].astype(np.float32)
+    ours = torch_ood_score(pipe, X, "cpu", max_elements=20_000)       # many small batches
+    np.testing.assert_allclose(ours, ood_score(pipe, X), rtol=0, atol=1e-9)
+    la = LAOOD(gammas=(0.05,)).fit([train, train[:, :8]], progress=False)
+    iso = fit_layer(train, "iforest")[0]
+    la.detectors_.append(iso)                                           # not an SVM: scored by scikit-learn
+    layers = [X, X[:, :8], X]
+    np.testing.assert_allclose(la.score_layers(layers, device="cpu"), la.score_layers(layers), atol=1e-9)
+    if torch.cuda.is_available():
+        np.testing.assert_allclose(torch_ood_score(pipe, X, "cuda"), ood_score(pipe, X), atol=1e-4)
+
+
+def test_dask_cluster_fits_the_same_detectors():
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] is in requirements.txt")
+    train, test, ood = gaussian_task(n=1500)
+    layers = [train, train[:, :16] * 2, np.abs(train[:, 8:])]
+    evaluate = [np.r_[test, ood][:, :32], np.r_[test, ood][:, :16] * 2, np.abs(np.r_[test, ood][:, 8:])]
+    local = LAOOD(gammas=(0.01, 0.05, 0.1), n_jobs=2).fit(layers, progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        remote = LAOOD(gammas=(0.01, 0.05, 0.1), n_jobs=2, backend="dask").fit(layers, progress=False)
+        assert len(client.scheduler_info()["workers"]) == 2
+        scored_remote = remote.score_layers(evaluate)
+    assert [r["gamma"] for r in remote.records_] == [r["gamma"] for r in local.records_]
+    assert np.array_equal(scored_remote, local.score_layers(evaluate))
+
+
+def test_torchrun_features_equal_one_process(tmp_path):
+    common = ["--source-root", str(need(DATA)), "--data-root", str(tmp_path / "gen"), "--max-train", "300",
+              "--max-test", "200", "--max-ood", "150"]
+    model = ["--checkpoint", str(need(CHECKPOINTS / "resnet20-cifar10-akamaster.th")), "--model", "resnet20",
+             "--batch-size", "64"]
+    generate_datasets.main(generate_datasets.get_args_parser().parse_args(common + ["--ood", "dtd"]))
+    one = save_inter_outputs.main(save_inter_outputs.get_args_parser().parse_args(
+        common + model + ["--runs-root", str(tmp_path / "one")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", "save_inter_outputs.py", *common, *model,
+                           "--runs-root", str(tmp_path / "two")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = tmp_path / "two" / one.relative_to(tmp_path / "one")
+    for name in ("train", "test", "dtd"):
+        a, b = load_features(one, name), load_features(two, name)
+        assert b["manifest"]["processes"] == 2 and b["manifest"]["settings"] == a["manifest"]["settings"]
+        for x, y in zip(a["layers"] + [a["logits"], a["penultimate"]], b["layers"] + [b["logits"], b["penultimate"]]):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+        assert np.array_equal(a["labels"], b["labels"])
+    assert not list((tmp_path / "two").rglob("*.partial"))
