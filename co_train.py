@@ -45,7 +45,7 @@ def main(args):
     run, arch, sha = locate_run(args)
     det_dir = args.detectors or Layout.detectors(run, Layout.detector_tag("ocsvm", args.seed))
     detectors = load_detectors(det_dir, expect_sha=sha).detectors_
-    model = load_model(args.checkpoint, arch, NUM_CLASSES[args.ind], args.normalization).to(device)
+    model = load_model(args.checkpoint, arch, NUM_CLASSES[args.ind], args.normalization, args.taps, args.head).to(device)
     per_batch = args.layers_per_batch or (model.num_taps if model.num_taps <= 13 else 10)
     loss = CoTrainLoss(model, detectors, lam=args.lam, layers_per_batch=per_batch).to(device)
     cfg = train_config(args, get_recipe(arch))

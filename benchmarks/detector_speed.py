@@ -73,6 +73,19 @@ def la_auroc(detectors, test, oods, seed):
     return out
 
 
+def find_run(checkpoint, runs_root, ind):
+    """``(run, train, test, {ood name: features})`` of the run of ``checkpoint`` with the most train features."""
+    sha = sha256_file(checkpoint)[:8]
+    runs = sorted(glob.glob(str(Path(runs_root) / ind / f"*-{sha}" / "*")))
+    runs = [r for r in runs if (Path(r) / "features" / "train" / "manifest.json").exists()]
+    if not runs:
+        sys.exit(f"no features of checkpoint {sha} under {runs_root}; run run_pipeline.py first")
+    run = Path(max(runs, key=lambda r: load_features(Path(r), "train")["manifest"]["count"]))
+    oods = {p.name: load_features(run, p.name) for p in sorted((run / "features").iterdir())
+            if p.name not in ("train", "test") and (p / "manifest.json").exists()}
+    return run, load_features(run, "train"), load_features(run, "test"), oods
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="backbone whose features are used")
@@ -83,15 +96,7 @@ def main():
     p.add_argument("--jobs", type=int, default=-1, help="parallel layers for this repository's version")
     p.add_argument("--skip-reference", action="store_true", help="time only this repository's version")
     args = p.parse_args()
-    sha = sha256_file(args.checkpoint)[:8]
-    runs = sorted(glob.glob(str(args.runs_root / args.ind / f"*-{sha}" / "*")))
-    runs = [r for r in runs if (Path(r) / "features" / "train" / "manifest.json").exists()]
-    if not runs:
-        sys.exit(f"no features of checkpoint {sha} under {args.runs_root}; run run_pipeline.py first")
-    run = Path(runs[0])
-    train, test = load_features(run, "train"), load_features(run, "test")
-    oods = {p.name: load_features(run, p.name) for p in sorted((run / "features").iterdir())
-            if p.name not in ("train", "test") and (p / "manifest.json").exists()}
+    run, train, test, oods = find_run(args.checkpoint, args.runs_root, args.ind)
     idx = np.sort(np.random.default_rng(args.seed).choice(len(train["logits"]), min(args.n_train, len(train["logits"])),
                                                           replace=False))
     layers = [np.asarray(X[idx]) for X in train["layers"]]

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from .preprocess import Normalization
+from .generic import is_generic
 from .registry import create_model, list_models
 
 
@@ -52,7 +53,8 @@ def read_checkpoint(path) -> Checkpoint:
 
 
 def load_model(path, arch: Optional[str] = None, num_classes: Optional[int] = None,
-               normalization: Optional[Normalization] = None) -> nn.Module:
+               normalization: Optional[Normalization] = None, taps: Optional[str] = None,
+               head: Optional[str] = None) -> nn.Module:
     """Rebuild a model from a checkpoint and load its weights with ``strict=True``, in float32.
 
     ``arch`` is needed only for plain state dicts; when a checkpoint names its architecture, a
@@ -74,7 +76,9 @@ def load_model(path, arch: Optional[str] = None, num_classes: Optional[int] = No
         raise ValueError(f"checkpoint {path} records its input normalisation ({saved_norm.name}: mean "
                          f"{saved_norm.mean}, std {saved_norm.std}); --normalization {normalization.name} "
                          f"contradicts it. Leave the flag out for this file")
-    model = create_model(arch, saved_classes or num_classes or 10)
+    model = create_model(arch, saved_classes or num_classes or 10, taps=taps, head=head)
+    if is_generic(arch) and not all(k.startswith("net.") for k in state_dict):   # the network's own keys
+        state_dict = {f"net.{k}": v for k, v in state_dict.items()}
     model.normalization = saved_norm or normalization or model.normalization
     own = model.state_dict()
     # Files saved before PyTorch 0.4.1 (e.g. the akamaster ResNets) lack BatchNorm's step counter,

@@ -3,6 +3,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch.nn as nn
 
+from .generic import TappedNetwork, build_network, is_generic
 from .preprocess import PRESETS
 
 _MODELS: Dict[str, Callable[..., nn.Module]] = {}
@@ -28,6 +29,8 @@ def register_model(fn: Optional[Callable[..., nn.Module]] = None, *, recipe: Opt
 
 
 def get_recipe(name: str) -> Dict:
+    if is_generic(name):
+        return {**_DEFAULT_RECIPE}
     if name not in _RECIPES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
     return dict(_RECIPES[name])
@@ -37,9 +40,19 @@ def list_models() -> List[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, num_classes: int = 10) -> nn.Module:
+def create_model(name: str, num_classes: int = 10, taps: Optional[str] = None, head: Optional[str] = None,
+                 pretrained: bool = False) -> nn.Module:
+    """A registry model by name, or any network (``torchvision:NAME``, ``timm:NAME``, ``module.path:factory``)
+    tapped at ``taps`` (see :mod:`models.generic`); ``taps``, ``head`` and ``pretrained`` apply to the latter."""
+    if is_generic(name):
+        model = TappedNetwork(build_network(name, num_classes, pretrained), taps or "blocks", head)
+        model.arch, model.num_classes, model.normalization = name, num_classes, PRESETS["imagenet"]
+        return model
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}, or torchvision:NAME, "
+                         f"timm:NAME, module.path:factory")
+    if taps is not None:
+        raise ValueError(f"--taps applies to torchvision:, timm: and module:factory models; {name} has its own")
     model = _MODELS[name](num_classes=num_classes)
     model.arch = name
     model.num_classes = num_classes

@@ -38,11 +38,23 @@ class TappedModel(nn.Module):
 
     @property
     def tap_widths(self) -> List[int]:
-        """Channels (or units) of every tap: the width of its pooled feature vector."""
-        return [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in self.tap_modules]
+        """Channels (or units) of every tap: the width of its pooled feature vector. Read off convolutions
+        and linear layers; measured with one forward pass of ``input_size`` where a tap is anything else."""
+        modules = self.tap_modules
+        if all(isinstance(m, (nn.Conv2d, nn.Linear)) for m in modules):
+            return [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in modules]
+        if "_probed_widths" not in self.__dict__:
+            was_training = self.training
+            try:
+                with torch.no_grad():
+                    x = torch.zeros(1, *getattr(self, "input_size", (3, 32, 32)), device=next(self.parameters()).device)
+                    self.__dict__["_probed_widths"] = [f.shape[1] for f in self.eval().forward_intermediates(x).features]
+            finally:
+                self.train(was_training)
+        return list(self.__dict__["_probed_widths"])
 
     @torch.no_grad()
-    def tap_macs(self, input_size=(1, 3, 32, 32)) -> Tuple[List[int], int]:
+    def tap_macs(self, input_size=None) -> Tuple[List[int], int]:
         """Multiply-accumulates of one image up to and including each tap, and of the whole network.
 
         Counts every convolution and linear layer in execution order (the rest is negligible), so
@@ -59,9 +71,13 @@ class TappedModel(nn.Module):
             executed.append((module, macs))
 
         handles = [m.register_forward_hook(hook) for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        # A tap that is neither (a block, an activation) is placed by when its output appears.
+        handles += [m.register_forward_hook(lambda m, i, o: executed.append((m, 0))) for m in self.tap_modules
+                    if not isinstance(m, (nn.Conv2d, nn.Linear))]
         was_training = self.training
         try:
-            self.eval()(torch.zeros(input_size, device=next(self.parameters()).device))
+            size = input_size or (1, *getattr(self, "input_size", (3, 32, 32)))
+            self.eval()(torch.zeros(size, device=next(self.parameters()).device))
         finally:
             self.train(was_training)
             for h in handles:

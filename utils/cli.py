@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from models import list_models, parse_normalization, read_checkpoint
+from models.generic import run_name
 
 from .data import IND_SETS
 from .detectors import AUTO_EXACT_MAX, DETECTORS, GAMMA_GRIDS, GAMMAS, LAOOD, NU, resolve_detector
@@ -51,6 +52,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (subsets, splits, colours)")
 
 
+def model_arg(text: str) -> str:
+    if ":" not in text and text not in list_models():
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of {', '.join(list_models())}, "
+                                         f"or torchvision:NAME, timm:NAME, module.path:factory")
+    return text
+
+
 def normalization_arg(text: str):
     try:
         return parse_normalization(text)
@@ -67,8 +75,14 @@ def add_normalization_arg(parser) -> None:
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--model", choices=list_models(), default=None,
-                   help="architecture; needed only for plain state-dict checkpoints, checked otherwise")
+    g.add_argument("--model", type=model_arg, default=None, metavar="NAME",
+                   help=f"architecture: {', '.join(list_models())}, or torchvision:NAME, timm:NAME, "
+                        "module.path:factory; needed only for plain state-dict checkpoints, checked otherwise")
+    g.add_argument("--taps", default=None, metavar="PATTERNS|convs|blocks",
+                   help="for torchvision:/timm:/module: models, the tapped modules: comma-separated name patterns "
+                        "(e.g. 'layer*.*.conv2,fc'), or every convolution (convs) or block (blocks, the default)")
+    g.add_argument("--head", default=None, metavar="NAME",
+                   help="for torchvision:/timm:/module: models, the classifier module (default: the last nn.Linear)")
     g.add_argument("--checkpoint", type=Path, required=True, help="backbone checkpoint file")
     add_normalization_arg(g)
     g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
@@ -181,7 +195,8 @@ def locate_run(args):
     if args.model and arch != args.model:
         raise ValueError(f"checkpoint {args.checkpoint} holds a {arch}, but --model {args.model} was asked for")
     sha = sha256_file(args.checkpoint)
-    return layout(args).run(args.ind, arch, sha, data_config(args).tag, getattr(args, "precision", "fp32")), arch, sha
+    name = run_name(arch, getattr(args, "taps", None))
+    return layout(args).run(args.ind, name, sha, data_config(args).tag, getattr(args, "precision", "fp32")), arch, sha
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:

@@ -30,9 +30,9 @@ from .tables import comparisons, layer_table, method_row, oracle_row, pick_ood, 
 log = logging.getLogger(__name__)
 
 
-def exit_table(inputs: Inputs, arch: str, num_classes: int) -> List[Dict]:
+def exit_table(inputs: Inputs, arch: str, num_classes: int, taps: Optional[str] = None) -> List[Dict]:
     """Per set: how many images early exit stopped, at which layer on average, at what share of the MACs."""
-    cumulative, total = create_model(arch, num_classes).tap_macs()
+    cumulative, total = create_model(arch, num_classes, taps=taps).tap_macs()
     rows = []
     for name, s in inputs.layer_scores.items():
         _, stop = early_exit(s, inputs.calibration, inputs.exit_threshold, inputs.exit_k)
@@ -104,7 +104,7 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
             save_npy(scores_file(tmp, name), s.astype(np.float32))
         if "early exit" in scores:
             fs = test["manifest"]["settings"]
-            write_csv(tmp / EARLY_EXIT, exit_table(inputs, fs["arch"], test["logits"].shape[1]))
+            write_csv(tmp / EARLY_EXIT, exit_table(inputs, fs["arch"], test["logits"].shape[1], fs.get("tap_spec")))
         write_csv(tmp / SUMMARY_CSV, summary)
         write_text(tmp / SUMMARY_MD, format_table(summary) + notes_text(run_record["variants"]))
         write_json(tmp / RUN_RECORD, run_record)

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from models import Normalization, load_model
+from models.generic import is_generic, run_name
 
 from .odin import odin as odin_scores
 from .data import NUM_CLASSES, normalization_of, to_input
@@ -35,9 +36,11 @@ def inference_autocast(device: torch.device, precision: str = "fp32"):
 
 
 def open_backbone(checkpoint, ind: str, arch: Optional[str] = None, device: torch.device = torch.device("cpu"),
-                  normalization: Optional[Normalization] = None):
-    """The checkpoint's model in eval mode on ``device``, and the checkpoint's sha256."""
-    model = load_model(checkpoint, arch, NUM_CLASSES[ind], normalization)
+                  normalization: Optional[Normalization] = None, taps: Optional[str] = None,
+                  head: Optional[str] = None):
+    """The checkpoint's model in eval mode on ``device``, and the checkpoint's sha256. ``taps`` and ``head``
+    choose the tapped modules of torchvision:, timm: and module:factory models (see models/generic.py)."""
+    model = load_model(checkpoint, arch, NUM_CLASSES[ind], normalization, taps, head)
     return model.to(device).eval(), sha256_file(checkpoint)
 
 
@@ -101,7 +104,7 @@ def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, name
     rank, world = process_group()
     if world > 1 and (odin or gram):
         raise ValueError("--odin and --gram run in one process; start save_inter_outputs.py without torchrun")
-    run = layout.run(ind, model.arch, ckpt_sha, tag, precision)
+    run = layout.run(ind, run_name(model.arch, getattr(model, "taps", None)), ckpt_sha, tag, precision)
     if rank == 0:
         save_head(model, run)
     for name in names:
@@ -109,6 +112,8 @@ def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, name
         with_odin = odin and name != "train"     # ODIN scores only matter for the evaluated sets
         settings = {"checkpoint_sha256": ckpt_sha, "arch": model.arch, "images": image_manifest["settings"],
                     "taps": model.num_taps, "normalization": normalization_of(model).as_dict(), "odin": with_odin}
+        if is_generic(model.arch):   # which modules were tapped; the registry's models name theirs
+            settings.update(tap_spec=model.taps, tap_names=model.tap_names, head=model.head_name)
         if precision != "fp32":   # absent: float32, as every run before the option existed
             settings["precision"] = precision
         if gram:
