@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from models import create_model, get_recipe, list_models, load_model
-from utils.cli import (add_data_args, add_normalization_arg, add_train_args, data_config, layout, resolve_device,
-                       run_script, train_config)
+from models.generic import safe_name
+from utils.cli import (add_data_args, add_normalization_arg, add_train_args, data_config, layout, model_arg,
+                       resolve_device, run_script, train_config)
 from utils.data import NUM_CLASSES
 from utils.engine import distributed, evaluate, fit, load_splits
 from utils.paths import FINAL
@@ -22,7 +23,9 @@ log = logging.getLogger("train_backbone_model")
 def get_args_parser():
     parser = argparse.ArgumentParser("LA-OOD: train a backbone", add_help=True)
     add_data_args(parser)
-    parser.add_argument("--model", required=True, choices=list_models(), help="architecture to train")
+    parser.add_argument("--model", required=True, type=model_arg, metavar="NAME",
+                        help=f"architecture to train: {', '.join(list_models())}, or torchvision:NAME, timm:NAME, "
+                             "module.path:factory")
     parser.add_argument("--device", default="auto", help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, mps")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default: checkpoints/<ind>-<model>-<schedule>)")
@@ -47,7 +50,7 @@ def main(args):
               f"(float32, {norm.name} normalisation: mean {norm.mean}, std {norm.std})")
         return result
     cfg = train_config(args, get_recipe(args.model))
-    out = args.out or layout(args).training(args.ind, args.model, cfg.schedule)
+    out = args.out or layout(args).training(args.ind, safe_name(args.model), cfg.schedule)
     train, test = load_splits(data_config(args, oods=[]), layout(args))
     model = create_model(args.model, NUM_CLASSES[args.ind])
     if args.normalization is not None:

@@ -98,10 +98,15 @@ class TappedNetwork(TappedModel):
         return self.net(x)
 
 
+def safe_name(arch: str) -> str:
+    """``arch`` with every character a path should not hold replaced: ``torchvision:resnet18`` -> ``torchvision-resnet18``."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", arch)
+
+
 def run_name(arch: str, taps: Optional[str]) -> str:
     """A directory-safe name for a model and its taps: ``resnet56`` for registry models,
     ``torchvision-resnet18-t1a2b3c`` (the taps' hash) for the others."""
     if not is_generic(arch):
         return arch
     digest = hashlib.sha1((taps or "blocks").encode()).hexdigest()[:6]
-    return f"{re.sub(r'[^A-Za-z0-9_-]+', '-', arch)}-t{digest}"
+    return f"{safe_name(arch)}-t{digest}"

@@ -199,3 +199,25 @@ def test_run_pipeline_checks_inputs_before_writing(tmp_path):
         run_pipeline.main(parse(common + ["--checkpoint", str(CHECKPOINTS / "vgg16-cifar10.pt"), "--model", "vgg16",
                                           "--extra-ood", f"../evil={DATA}"]))
     assert not (tmp_path / "gen").exists() and not (tmp_path / "r").exists()
+
+
+def test_auto_and_approximate_detectors_through_the_stages(small_run):
+    """--detector auto resolves (exact at this size) and says so; ocsvm-approx is saved, loaded and scored like
+    the exact detector; --score-device scores the exact detectors with torch to the same tables."""
+    common, model = small_run["common"], small_run["model"]
+    flags = ["--jobs", "2", "--gammas", "0.01", "0.05", "0.1", "--methods", "LA-OOD", "Energy"]
+    auto = train_ood_detectors.main(train_ood_detectors.get_args_parser().parse_args(
+        common + model + flags[:5] + ["--detector", "auto"]))
+    manifest = json.loads((auto / "manifest.json").read_text())
+    assert auto.name == "ocsvm-seed0" and manifest["detector_choice"].startswith("auto: 600 fitting images")
+    approx = train_ood_detectors.main(train_ood_detectors.get_args_parser().parse_args(
+        common + model + flags[:5] + ["--detector", "ocsvm-approx"]))
+    assert approx.name == "ocsvm-approx-seed0" and len(load_detectors(approx).detectors_) == 20
+    rows = detect_oods.main(detect_oods.get_args_parser().parse_args(
+        common + model + flags + ["--detector", "ocsvm-approx"]))
+    assert {r["ood"] for r in rows if r["method"] == "LA-OOD"} >= {"dtd", "pure_color"}
+    sklearn_rows = detect_oods.main(detect_oods.get_args_parser().parse_args(common + model + flags))
+    torch_rows = detect_oods.main(detect_oods.get_args_parser().parse_args(
+        common + model + flags + ["--score-device", "cpu"]))
+    for a, b in zip(sklearn_rows, torch_rows):
+        assert (a["ood"], a["method"]) == (b["ood"], b["method"]) and a["auroc"] == pytest.approx(b["auroc"], abs=1e-9)

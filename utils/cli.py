@@ -157,7 +157,7 @@ def la_ood(args, arch: str, run: Path) -> LAOOD:
         if manifest is None:
             raise FileNotFoundError(f"--detector auto needs the train features of {run} to know their size; "
                                     f"run save_inter_outputs.py first")
-        detector, choice = resolve_detector("auto", manifest["info"]["count"] - args.calibration_size)
+        detector, choice = resolve_detector("auto", manifest["count"] - args.calibration_size)
         logging.getLogger("detectors").info(f"--detector {choice}")
     return LAOOD(detector=detector, gammas=gammas, nu=args.nu, seed=args.seed, select_size=args.select_size,
                  prune=not args.no_prune, n_jobs=args.jobs, calibration_size=args.calibration_size,
