@@ -52,6 +52,6 @@ def torch_ood_score(pipeline: Pipeline, X: np.ndarray, device: torch.device, dty
     batch = max(1, max_elements // max(len(svm.support_vectors_), 1))
     out = np.empty(len(X), dtype=np.float64)
     for s in range(0, len(X), batch):
-        x = torch.as_tensor(np.asarray(X[s:s + batch]), device=device).to(dtype)
+        x = torch.tensor(np.asarray(X[s:s + batch]), dtype=dtype, device=device)   # a copy: X may be a read-only map
         out[s:s + batch] = (float(svm.offset_[0]) - kernel((x - mean) / scale)).double().cpu().numpy()
     return out
