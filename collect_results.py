@@ -9,6 +9,7 @@ For each model it takes the newest detection results of the given data tag and d
 import argparse
 import csv
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,8 @@ def find_results(args, model: str):
         return Path(chosen[model])
     found = sorted(Path(args.runs_root, args.ind).glob(f"{model}-*/{args.data_tag}/results/{args.detector_tag}"),
                    key=lambda p: (p / SUMMARY_CSV).stat().st_mtime if (p / SUMMARY_CSV).exists() else 0)
-    found = [p for p in found if (p / SUMMARY_CSV).exists()]
+    # float32 runs only: <model>-<sha[:8]>, not <model>-<sha[:8]>-bf16
+    found = [p for p in found if (p / SUMMARY_CSV).exists() and re.fullmatch(rf"{model}-[0-9a-f]{{8}}", p.parents[2].name)]
     return found[-1] if found else None
 
 

@@ -221,3 +221,22 @@ def test_auto_and_approximate_detectors_through_the_stages(small_run):
         common + model + flags + ["--score-device", "cpu"]))
     for a, b in zip(sklearn_rows, torch_rows):
         assert (a["ood"], a["method"]) == (b["ood"], b["method"]) and a["auroc"] == pytest.approx(b["auroc"], abs=1e-9)
+
+
+def test_bfloat16_features_live_apart_and_stay_close(small_run):
+    common, model = small_run["common"], small_run["model"]
+    bf16 = save_inter_outputs.main(save_inter_outputs.get_args_parser().parse_args(
+        common + model + ["--precision", "bf16", "--sets", "test", "dtd"]))
+    assert bf16.parent.name == small_run["run"].parent.name + "-bf16"
+    for name in ("test", "dtd"):
+        low, ref = load_features(bf16, name), load_features(small_run["run"], name)
+        assert low["manifest"]["settings"]["precision"] == "bf16"
+        assert "precision" not in ref["manifest"]["settings"]          # float32 runs keep their manifests
+        agree = (np.asarray(low["logits"]).argmax(1) == np.asarray(ref["logits"]).argmax(1)).mean()
+        assert agree > 0.95
+        for a, b in zip(low["layers"], ref["layers"]):
+            rel = np.abs(a - b).mean() / np.abs(b).mean()
+            assert 0 < rel < 0.05                                      # bfloat16 moved them, a little
+    with pytest.raises(ValueError, match="float32 only"):
+        save_inter_outputs.main(save_inter_outputs.get_args_parser().parse_args(
+            common + model + ["--precision", "bf16", "--odin", "--sets", "test"]))
