@@ -14,7 +14,6 @@ from models import get_recipe, load_model
 from utils.cli import (add_data_args, add_model_args, add_train_args, data_config, layout, locate_run,
                        resolve_device, run_script, train_config)
 from utils.cotrain import CoTrainLoss, mean_decision
-from utils.data import NUM_CLASSES
 from utils.engine import fit, load_splits
 from utils.fitting import load_detectors
 from utils.paths import FINAL, Layout
@@ -45,7 +44,7 @@ def main(args):
     run, arch, sha = locate_run(args)
     det_dir = args.detectors or Layout.detectors(run, Layout.detector_tag("ocsvm", args.seed))
     detectors = load_detectors(det_dir, expect_sha=sha).detectors_
-    model = load_model(args.checkpoint, arch, NUM_CLASSES[args.ind], args.normalization, args.taps, args.head).to(device)
+    model = load_model(args.checkpoint, arch, data_config(args).num_classes(), args.normalization, args.taps, args.head).to(device)
     per_batch = args.layers_per_batch or (model.num_taps if model.num_taps <= 13 else 10)
     loss = CoTrainLoss(model, detectors, lam=args.lam, layers_per_batch=per_batch).to(device)
     cfg = train_config(args, get_recipe(arch))

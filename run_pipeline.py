@@ -50,7 +50,7 @@ def main(args):
     # Every input is checked before anything is written: names, the checkpoint and its fit to the model.
     cfg, lay = data_config(args, oods=args.ood, extra=parse_extra(args.extra_ood)), layout(args)
     device = resolve_device(args.device)
-    model, sha = open_backbone(args.checkpoint, args.ind, args.model, device, args.normalization, args.taps,
+    model, sha = open_backbone(args.checkpoint, cfg.num_classes(), args.model, device, args.normalization, args.taps,
                                args.head)
     timings, t = {}, time.time()
     sets = generate(cfg, lay)

@@ -54,7 +54,7 @@ def main(args):
         if torch.distributed.get_rank() != 0:   # one voice in the log
             logging.getLogger().setLevel(logging.WARNING)
     cfg, lay = data_config(args), layout(args)
-    model, sha = open_backbone(args.checkpoint, args.ind, args.model, device, args.normalization, args.taps,
+    model, sha = open_backbone(args.checkpoint, cfg.num_classes(), args.model, device, args.normalization, args.taps,
                                args.head)
     names = args.sets or list(IND_SPLITS) + generated_sets(lay, args.ind, cfg.tag)
     start = time.time()

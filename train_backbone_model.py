@@ -13,7 +13,6 @@ from models import create_model, get_recipe, list_models, load_model
 from models.generic import safe_name
 from utils.cli import (add_data_args, add_normalization_arg, add_train_args, data_config, layout, model_arg,
                        resolve_device, run_script, train_config)
-from utils.data import NUM_CLASSES
 from utils.engine import distributed, evaluate, fit, load_splits
 from utils.paths import FINAL
 
@@ -43,7 +42,7 @@ def main(args):
         device = torch.device("cuda", rank % torch.cuda.device_count())
     if args.eval_only:
         _, test = load_splits(data_config(args, oods=[]), layout(args))
-        model = load_model(args.eval_only, args.model, NUM_CLASSES[args.ind], args.normalization).to(device)
+        model = load_model(args.eval_only, args.model, data_config(args).num_classes(), args.normalization).to(device)
         result = evaluate(model, *test, device, amp="off")
         norm = model.normalization
         print(f"{args.model} {args.eval_only}: {result['test_acc']:.2f}% on {len(test[0])} {args.ind} test images "
@@ -52,7 +51,7 @@ def main(args):
     cfg = train_config(args, get_recipe(args.model))
     out = args.out or layout(args).training(args.ind, safe_name(args.model), cfg.schedule)
     train, test = load_splits(data_config(args, oods=[]), layout(args))
-    model = create_model(args.model, NUM_CLASSES[args.ind])
+    model = create_model(args.model, data_config(args).num_classes())
     if args.normalization is not None:
         model.normalization = args.normalization
     if rank == 0:

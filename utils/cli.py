@@ -10,7 +10,7 @@ import torch
 from models import list_models, parse_normalization, read_checkpoint
 from models.generic import run_name
 
-from .data import IND_SETS
+from .data import IND_SETS, OOD_SETS, check_name
 from .detectors import AUTO_EXACT_MAX, DETECTORS, GAMMA_GRIDS, GAMMAS, LAOOD, NU, resolve_detector
 from .engine import TrainConfig
 from .generate import MAX_OOD, DataConfig
@@ -36,9 +36,38 @@ def positive_int(text: str) -> int:
     return value
 
 
+class IndAction(argparse.Action):
+    """``--ind cifar10`` or ``--ind NAME=PATH`` (a labelled image folder or zip): sets ``ind`` and ``ind_path``."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        name, sep, path = value.partition("=")
+        if not sep:
+            if name not in IND_SETS:
+                parser.error(f"--ind {value!r}: choose one of {', '.join(IND_SETS)}, or NAME=PATH for a labelled "
+                             f"image folder or zip archive")
+            namespace.ind, namespace.ind_path = name, None
+            return
+        try:
+            check_name(name, "--ind")
+        except ValueError as e:
+            parser.error(str(e))
+        if name in OOD_SETS or not path:
+            parser.error(f"--ind {value!r}: NAME must not be a built-in set's name ({', '.join(OOD_SETS)}) and "
+                         f"PATH must be given")
+        namespace.ind, namespace.ind_path = name, Path(path)
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
-    g.add_argument("--ind", default="cifar10", choices=IND_SETS, help="in-distribution set")
+    g.add_argument("--ind", default="cifar10", action=IndAction, metavar="cifar10|cifar100|NAME=PATH",
+                   help="in-distribution set: cifar10, cifar100, or NAME=PATH, a labelled image folder or zip archive "
+                        "(train/ and test/ of class folders, or class folders split by --test-fraction)")
+    g.add_argument("--image-size", type=positive_int, default=32,
+                   help="side of the square images every set is made at (32: CIFAR's, resized straight with "
+                        "LANCZOS as the original; others: shorter side resized, centre crop, as torchvision's "
+                        "classification presets)")
+    g.add_argument("--test-fraction", type=float, default=0.2,
+                   help="for an --ind folder without train/ and test/: the seeded, class-stratified test share")
     g.add_argument("--source-root", type=Path, action="append", default=None,
                    help="directory holding raw datasets (torchvision layouts, image folders or zip archives); "
                         "repeatable, searched in order (default: data/raw)")
@@ -95,7 +124,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 def data_config(args, oods=None, extra=None) -> DataConfig:
     return DataConfig(ind=args.ind, oods=oods, extra=extra, roots=args.source_root or [Path("data/raw")],
                       max_train=args.max_train, max_test=args.max_test, max_ood=args.max_ood, seed=args.seed,
-                      download=getattr(args, "download", False))
+                      download=getattr(args, "download", False), ind_path=getattr(args, "ind_path", None),
+                      image_size=args.image_size, test_fraction=args.test_fraction)
 
 
 def layout(args) -> Layout:

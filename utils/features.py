@@ -35,12 +35,13 @@ def inference_autocast(device: torch.device, precision: str = "fp32"):
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def open_backbone(checkpoint, ind: str, arch: Optional[str] = None, device: torch.device = torch.device("cpu"),
+def open_backbone(checkpoint, ind, arch: Optional[str] = None, device: torch.device = torch.device("cpu"),
                   normalization: Optional[Normalization] = None, taps: Optional[str] = None,
                   head: Optional[str] = None):
-    """The checkpoint's model in eval mode on ``device``, and the checkpoint's sha256. ``taps`` and ``head``
-    choose the tapped modules of torchvision:, timm: and module:factory models (see models/generic.py)."""
-    model = load_model(checkpoint, arch, NUM_CLASSES[ind], normalization, taps, head)
+    """The checkpoint's model in eval mode on ``device``, and the checkpoint's sha256. ``ind``: the
+    in-distribution set's name (cifar10, cifar100) or its class count. ``taps`` and ``head`` choose the tapped
+    modules of torchvision:, timm: and module:factory models (see models/generic.py)."""
+    model = load_model(checkpoint, arch, ind if isinstance(ind, int) else NUM_CLASSES[ind], normalization, taps, head)
     return model.to(device).eval(), sha256_file(checkpoint)
 
 
@@ -125,7 +126,8 @@ def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, name
         if world > 1:
             _extract_across_ranks(model, images, labels, out, settings, device, batch_size, name, precision)
             continue
-        with StagingDir(out, settings, {"count": len(images), "widths": model.tap_widths}) as tmp:
+        with StagingDir(out, settings, {"count": len(images), "widths": model.tap_widths,
+                                          "input_size": int(images.shape[1])}) as tmp:
             if gram and name == "train":
                 _extract_gram_bounds(model, images, labels, tmp, device, batch_size, seed)
             elif gram:
@@ -155,7 +157,8 @@ def _extract_across_ranks(model, images, labels, out: Path, settings: Dict, devi
     (and a later run deletes)."""
     dist = torch.distributed
     rank, world = process_group()
-    staging = StagingDir(out, settings, {"count": len(images), "widths": model.tap_widths, "processes": world})
+    staging = StagingDir(out, settings, {"count": len(images), "widths": model.tap_widths, "processes": world,
+                                         "input_size": int(images.shape[1])})
     box = [str(staging.__enter__()) if rank == 0 else None]
     if rank == 0:
         preallocate(model, len(images), Path(box[0]))
