@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import CHECKPOINTS, DATA, need
+from conftest import CHECKPOINTS, DATA, ROOT, need
 from models import PRESETS, load_model
 from utils.data import find_source, load_subset
 from utils.engine import evaluate
@@ -27,3 +27,12 @@ def test_stated_accuracy_within_a_tenth_of_a_point(cifar10_test, file, arch, nor
     model = load_model(need(CHECKPOINTS / file), arch, 10, PRESETS[norm] if norm else None)
     acc = evaluate(model, images, labels, torch.device("cpu"), amp="off")["test_acc"]
     assert abs(acc - stated) <= 0.1, f"{arch}: {acc:.2f}% measured, {stated}% stated"
+
+
+def test_resnet34_trained_here(cifar10_test):
+    """The ResNet34 trained on this CPU and committed in float16 (checkpoints/): its stated 86.48%."""
+    images, labels = cifar10_test
+    model = load_model(ROOT / "checkpoints" / "resnet34-cifar10-onecycle5-fp16.pt", "resnet34", 10)
+    assert model.normalization.name == "imagenet"                     # recorded in the file
+    acc = evaluate(model, images, labels, torch.device("cpu"), amp="off")["test_acc"]
+    assert abs(acc - 86.48) <= 0.1, f"resnet34: {acc:.2f}% measured, 86.48% stated"
