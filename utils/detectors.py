@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, parallel_config
 from scipy.stats import norm
-from joblib import parallel_config
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.ensemble import IsolationForest
 from sklearn.linear_model import SGDOneClassSVM
@@ -138,6 +137,8 @@ class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
     half the exact SVM's, at 1,000,000 three quarters), which matters for the maximum over layers.
     """
 
+    CACHE_BYTES = 1 << 30   # mapped features are kept in memory (float32) up to this size, else mapped again per pass
+
     def __init__(self, gamma: float = 0.01, nu: float = NU, n_components: int = 512, updates: int = 1_000_000,
                  min_epochs: int = 2, chunk_size: int = CHUNK, random_state: int = 0):
         self.gamma, self.nu, self.n_components = gamma, nu, n_components
@@ -157,7 +158,6 @@ class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
         self.components_ = C.astype(np.float32)
         self.normalization_ = ((eigvec / np.sqrt(np.maximum(eigval, 1e-12))) @ eigvec.T).astype(np.float32)
         self.sgd_ = SGDOneClassSVM(nu=self.nu, learning_rate="optimal", average=True, random_state=self.random_state)
-        # Mapped features are kept (float32) when they take at most CACHE_BYTES, else mapped again every epoch.
         cached = self._map_all(X, pre) if n * m * 4 <= self.CACHE_BYTES else None
         self.epochs_ = max(self.min_epochs, math.ceil(self.updates / n))
         for _ in range(self.epochs_):
@@ -176,8 +176,6 @@ class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
         self.offset_ = float(np.quantile(raw, self.nu)) * self.scale_
         self.n_features_in_ = self.components_.shape[1]
         return self
-
-    CACHE_BYTES = 1 << 30
 
     def _map_all(self, X, pre) -> np.ndarray:
         out = np.empty((len(X), len(self.components_)), np.float32)
