@@ -80,7 +80,8 @@ def main():
                 precision, cl, bs, nthreads, comp = OPTIONS[option]
                 model = base.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
                 if comp:
-                    compiled = compiled or torch.compile(base)
+                    if compiled is None:
+                        compiled = torch.compile(base)
                     model = compiled
                 torch.set_num_threads(nthreads or threads)
                 forward_all(model, images[:bs or args.batch_size], bs or args.batch_size, device, precision, cl)  # warm
