@@ -73,7 +73,9 @@ class DenseNet3(TappedModel):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
+# DenseNet-BC on CIFAR is published with CIFAR's own mean and std (ODIN's and DICE's checkpoints): the
+# default for plain state-dict files such as the shared DICE checkpoint.
 @register_model(recipe=dict(epochs=300, batch_size=64, lr=0.1, weight_decay=1e-4, milestones=[150, 225],
-                            gamma=0.1))
+                            gamma=0.1, normalization="cifar"))
 def densenet100(num_classes: int = 10) -> DenseNet3:
     return DenseNet3(100, 12, 0.5, num_classes)

@@ -162,3 +162,6 @@ def test_densenet_dice_checkpoint_loads_with_its_normalisation():
     model = load_model(need(CHECKPOINTS / "densenet100-cifar10-dice.pth.tar"), "densenet100", 10,
                        parse_normalization("cifar"))
     assert model.num_taps == 100 and model.normalization.name == "cifar"
+    # A plain state dict gets its recipe's normalisation: CIFAR's for DenseNet-BC, ImageNet's for the others.
+    assert load_model(CHECKPOINTS / "densenet100-cifar10-dice.pth.tar", "densenet100", 10).normalization.name == "cifar"
+    assert create_model("vgg16").normalization.name == "imagenet"
