@@ -26,21 +26,31 @@ def bare_forward(model, images, batch_size, device):
         model(to_input(images[start:start + batch_size], device))
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def timing_parser(doc: str, images: int, repeats: int, models) -> argparse.ArgumentParser:
+    """The flags every forward-pass timing script shares (this one and inference_options.py)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--source-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
                    help="where cifar10 test images are found")
-    p.add_argument("--images", type=int, default=2048, help="images per timing")
+    p.add_argument("--images", type=int, default=images, help="images per timing")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    p.add_argument("--repeats", type=int, default=3, help="alternating rounds; the best of each side counts")
-    p.add_argument("--models", nargs="+", default=["vgg16", "resnet56"], help="models to time")
+    p.add_argument("--repeats", type=int, default=repeats, help="alternating rounds; the best of each counts")
+    p.add_argument("--models", nargs="+", default=models, help="models to time")
     p.add_argument("--device", default="cpu", help="device")
-    args = p.parse_args()
-    device = torch.device(args.device)
+    return p
+
+
+def test_images(args):
+    """``--images`` seeded CIFAR-10 test images from ``--source-root`` (exits with what is missing)."""
     source, missing = find_source("cifar10", "test", [args.source_root])
     if source is None:
         sys.exit(missing)
-    images, _ = load_subset(source, args.images, seed=0, progress=False)
+    return load_subset(source, args.images, seed=0, progress=False)[0]
+
+
+def main():
+    args = timing_parser(__doc__, 2048, 3, ["vgg16", "resnet56"]).parse_args()
+    device = torch.device(args.device)
+    images = test_images(args)
     print(f"{len(images)} CIFAR-10 test images, batch {args.batch_size}, float32, {device}, "
           f"{torch.get_num_threads()} threads\n")
     print("| model | bare forward (img/s) | feature extraction (img/s) | ratio |\n|---|---|---|---|")

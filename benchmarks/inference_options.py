@@ -8,7 +8,6 @@ Prints images per second of the bare forward pass for every option and its ratio
 The options that change numbers (bfloat16) are also compared by how far their pooled features
 move: the median relative error of every tap's pooled output against float32.
 """
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import create_model, load_model  # noqa: E402
-from utils.data import find_source, load_subset, to_input  # noqa: E402
+from feature_speed import test_images, timing_parser  # noqa: E402
+from utils.data import to_input  # noqa: E402
 from utils.features import inference_autocast  # noqa: E402
 
 # name -> (precision, channels_last, batch size or None for --batch-size, threads or None for all, compile)
@@ -50,24 +50,14 @@ def forward_all(model, images, batch_size, device, precision, channels_last, poo
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--source-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
-                   help="where cifar10 test images are found")
-    p.add_argument("--images", type=int, default=1024, help="images per timing")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass of the baseline")
-    p.add_argument("--repeats", type=int, default=2, help="rounds over all options; the best of each counts")
-    p.add_argument("--models", nargs="+", default=["densenet100"], help="models to time")
+    p = timing_parser(__doc__, 1024, 2, ["densenet100"])
     p.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS), metavar="OPTION",
                    help=f"options to time (default: all of {', '.join(OPTIONS)})")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="trained weights for the (single) model, e.g. the shared DenseNet; default: random init")
-    p.add_argument("--device", default="cpu", help="device")
     args = p.parse_args()
     device = torch.device(args.device)
-    source, missing = find_source("cifar10", "test", [args.source_root])
-    if source is None:
-        sys.exit(missing)
-    images, _ = load_subset(source, args.images, seed=0, progress=False)
+    images = test_images(args)
     threads = torch.get_num_threads()
     print(f"{len(images)} CIFAR-10 test images, {device}, {threads} threads, torch {torch.__version__}\n")
     for name in args.models:
