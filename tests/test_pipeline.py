@@ -213,6 +213,14 @@ def test_auto_and_approximate_detectors_through_the_stages(small_run):
     approx = train_ood_detectors.main(train_ood_detectors.get_args_parser().parse_args(
         common + model + flags[:5] + ["--detector", "ocsvm-approx"]))
     assert approx.name == "ocsvm-approx-seed0" and len(load_detectors(approx).detectors_) == 20
+    # --landmarks: its own directory (never mixed with the default's), kept in the manifest, used by every layer.
+    fewer = train_ood_detectors.main(train_ood_detectors.get_args_parser().parse_args(
+        common + model + flags[:5] + ["--detector", "ocsvm-approx", "--landmarks", "64"]))
+    assert fewer.name == "ocsvm-approx-m64-seed0"
+    assert json.loads((fewer / "manifest.json").read_text())["settings"]["landmarks"] == 64
+    loaded = load_detectors(fewer)
+    assert loaded.n_components == 64 and loaded.tag == fewer.name
+    assert all(d[-1].components_.shape[0] == 64 for d in loaded.detectors_)
     rows = detect_oods.main(detect_oods.get_args_parser().parse_args(
         common + model + flags + ["--detector", "ocsvm-approx"]))
     assert {r["ood"] for r in rows if r["method"] == "LA-OOD"} >= {"dtd", "pure_color"}

@@ -11,7 +11,7 @@ from models import list_models, parse_normalization, read_checkpoint
 from models.generic import run_name
 
 from .data import IND_SETS, OOD_SETS, check_name
-from .detectors import AUTO_EXACT_MAX, DETECTORS, GAMMA_GRIDS, GAMMAS, LAOOD, NU, resolve_detector
+from .detectors import APPROX_LANDMARKS, AUTO_EXACT_MAX, DETECTORS, GAMMA_GRIDS, GAMMAS, LAOOD, NU, resolve_detector
 from .engine import TrainConfig
 from .generate import MAX_OOD, DataConfig
 from .io import read_json, sha256_file
@@ -156,6 +156,9 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gammas", type=float, nargs="+", default=None,
                    help="One-Class SVM gamma grid (default: the original's; wider for densenet100)")
     g.add_argument("--nu", type=float, default=NU, help="One-Class SVM nu")
+    g.add_argument("--landmarks", type=positive_int, default=APPROX_LANDMARKS,
+                   help=f"ocsvm-approx: Nystroem landmarks per layer (more: closer to the exact SVM, slower; "
+                        f"default {APPROX_LANDMARKS})")
     g.add_argument("--select-size", type=positive_int, default=None,
                    help="choose gamma on a seeded subsample of this many train features (the final "
                         "detector is still fitted on all); default: all, as the original")
@@ -191,7 +194,8 @@ def la_ood(args, arch: str, run: Path) -> LAOOD:
         logging.getLogger("detectors").info(f"--detector {choice}")
     return LAOOD(detector=detector, gammas=gammas, nu=args.nu, seed=args.seed, select_size=args.select_size,
                  prune=not args.no_prune, n_jobs=args.jobs, calibration_size=args.calibration_size,
-                 backend="dask" if (args.dask_scheduler or args.dask_local) else None, choice=choice)
+                 backend="dask" if (args.dask_scheduler or args.dask_local) else None, choice=choice,
+                 n_components=getattr(args, "landmarks", APPROX_LANDMARKS))
 
 
 @contextlib.contextmanager

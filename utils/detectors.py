@@ -13,6 +13,8 @@ Detectors (``--detector``):
 - ``ocsvm``: libsvm's exact RBF One-Class SVM, as the original. Its fit grows about as n^2.
 - ``ocsvm-approx``: the RBF kernel approximated by Nystroem features and a linear One-Class SVM fitted by
   averaged SGD over chunks of the (memory-mapped) features; linear in n, for sets far past CIFAR's size.
+  Its gamma comes from the same SAS pseudo-outliers and pseudo-inliers, ranked rather than thresholded
+  (:func:`_approx_errors` says why).
 - ``iforest``: an Isolation Forest.
 - ``auto``: ``ocsvm`` up to :data:`AUTO_EXACT_MAX` fitting images, ``ocsvm-approx`` above.
 """
@@ -28,6 +30,7 @@ from scipy.stats import norm
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.ensemble import IsolationForest
 from sklearn.linear_model import SGDOneClassSVM
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import Pipeline
@@ -48,6 +51,7 @@ EDGE_THRESHOLD = 0.01
 DETECTORS = ("ocsvm", "ocsvm-approx", "iforest", "auto")
 AUTO_EXACT_MAX = 100_000       # --detector auto: the exact SVM up to this many fitting images
 APPROX_SELECT_SIZE = 10_000    # ocsvm-approx chooses gamma on a seeded subsample of at most this many
+APPROX_LANDMARKS = 512        # ocsvm-approx's default number of Nystroem landmarks (--landmarks)
 SELECT_UPDATES = 200_000       # ocsvm-approx's SGD updates per candidate gamma (the final fit makes 1,000,000)
 CHUNK = 8192                   # rows per chunk wherever features are streamed
 
@@ -139,37 +143,44 @@ class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
 
     CACHE_BYTES = 1 << 30   # mapped features are kept in memory (float32) up to this size, else mapped again per pass
 
-    def __init__(self, gamma: float = 0.01, nu: float = NU, n_components: int = 512, updates: int = 1_000_000,
+    def __init__(self, gamma: float = 0.01, nu: float = NU, n_components: int = APPROX_LANDMARKS, updates: int = 1_000_000,
                  min_epochs: int = 2, chunk_size: int = CHUNK, random_state: int = 0):
         self.gamma, self.nu, self.n_components = gamma, nu, n_components
         self.updates, self.min_epochs = updates, min_epochs
         self.chunk_size, self.random_state = chunk_size, random_state
 
     def fit(self, X, y=None, transform=None):
-        pre = transform or (lambda a: np.asarray(a, dtype=np.float64))
-        n = len(X)
+        pre = transform or _as_float64
         rng = np.random.default_rng(self.random_state)
-        m = min(self.n_components, n)
-        # Nystroem: landmarks C, and K_CC^(-1/2) from its eigendecomposition (tiny eigenvalues clipped).
-        C = pre(X[np.sort(rng.choice(n, m, replace=False))])
-        sq = (C * C).sum(1)
+        self._set_landmarks(pre(X[self._landmark_rows(len(X), rng)]))
+        if len(X) * len(self.components_) * 4 <= self.CACHE_BYTES:
+            cached = self._map_all(X, pre)
+            return self._fit_mapped(len(X), rng, lambda rows: cached[rows])
+        return self._fit_mapped(len(X), rng, lambda rows: self.transform(pre(X[rows])))
+
+    def _landmark_rows(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return np.sort(rng.choice(n, min(self.n_components, n), replace=False))
+
+    def _set_landmarks(self, C: np.ndarray, d2_landmarks: Optional[np.ndarray] = None):
+        """Nystroem: landmarks ``C`` and ``K_CC^(-1/2)`` from its eigendecomposition (tiny eigenvalues clipped)."""
+        d2 = sq_distances(C, C) if d2_landmarks is None else d2_landmarks
         with threadpool_limits(1):   # a small matrix: one thread is fastest, and never stalls on a busy machine
-            eigval, eigvec = np.linalg.eigh(np.exp(-self.gamma * np.maximum(sq[:, None] - 2 * C @ C.T + sq, 0)))
-        self.components_ = C.astype(np.float32)
+            eigval, eigvec = np.linalg.eigh(np.exp(-self.gamma * d2.astype(np.float64)))
+        self.components_ = np.asarray(C, dtype=np.float32)
         self.normalization_ = ((eigvec / np.sqrt(np.maximum(eigval, 1e-12))) @ eigvec.T).astype(np.float32)
+
+    def _fit_mapped(self, n: int, rng: np.random.Generator, mapped) -> "ApproxOneClassSVM":
+        """SGD over ``mapped(rows)`` (the Nystroem features of those training rows), then the offset."""
         self.sgd_ = SGDOneClassSVM(nu=self.nu, learning_rate="optimal", average=True, random_state=self.random_state)
-        cached = self._map_all(X, pre) if n * m * 4 <= self.CACHE_BYTES else None
         self.epochs_ = max(self.min_epochs, math.ceil(self.updates / n))
         for _ in range(self.epochs_):
             order = rng.permutation(n)
             for s in range(0, n, self.chunk_size):
-                rows = np.sort(order[s:s + self.chunk_size])
-                self.sgd_.partial_fit(cached[rows] if cached is not None else self.transform(pre(X[rows])))
+                self.sgd_.partial_fit(mapped(np.sort(order[s:s + self.chunk_size])))
         # The offset from at most 200,000 seeded training points (enough for the 0.1% quantile).
         sample = np.sort(rng.choice(n, min(n, 200_000), replace=False))
-        raw = (self.sgd_.score_samples(cached[sample]) if cached is not None
-               else np.concatenate([self.sgd_.score_samples(self.transform(pre(X[sample[s:s + self.chunk_size]])))
-                                    for s in range(0, len(sample), self.chunk_size)]))
+        raw = np.concatenate([self.sgd_.score_samples(mapped(sample[s:s + self.chunk_size]))
+                              for s in range(0, len(sample), self.chunk_size)])
         # SGDOneClassSVM's dual coefficients sum to 1, libsvm's to nu * n: scaled to libsvm's, the decision
         # values of exact and approximate layers are comparable, which the maximum over layers needs.
         self.scale_ = self.nu * n
@@ -185,9 +196,11 @@ class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
 
     def transform(self, Z: np.ndarray) -> np.ndarray:
         """The Nystroem feature map, in float32: ``k(z, landmarks) @ normalization``."""
-        Z = np.asarray(Z, dtype=np.float32)
-        d2 = (Z * Z).sum(1, keepdims=True) - 2 * Z @ self.components_.T + (self.components_ ** 2).sum(1)
-        return np.exp(-self.gamma * np.maximum(d2, 0)) @ self.normalization_
+        return self.kernel_map(sq_distances(Z, self.components_))
+
+    def kernel_map(self, d2: np.ndarray) -> np.ndarray:
+        """The Nystroem features from squared distances to the landmarks (which do not depend on gamma)."""
+        return np.exp(-self.gamma * d2) @ self.normalization_
 
     def score_samples(self, X) -> np.ndarray:
         X = np.asarray(X)
@@ -197,21 +210,27 @@ class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
     def decision_function(self, X) -> np.ndarray:
         return self.score_samples(X) - self.offset_
 
+    def decision_function_mapped(self, features: np.ndarray) -> np.ndarray:
+        """``decision_function`` from Nystroem features (``transform``'s output)."""
+        return self.scale_ * self.sgd_.score_samples(features) - self.offset_
+
     def predict(self, X) -> np.ndarray:
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
 
-def _fitter(detector: str, nu: float, seed: int, cache_size: float):
-    """``fit(Z, gamma, nu)`` of a One-Class SVM kind."""
-    if detector == "ocsvm":
-        return lambda Z, gamma, nu_: _fit_svm(Z, gamma, nu_, cache_size)
-    if detector == "ocsvm-approx":
-        return lambda Z, gamma, nu_: ApproxOneClassSVM(gamma, nu_, updates=SELECT_UPDATES, random_state=seed).fit(Z)
-    raise ValueError(f"{detector} has no gamma to select")
+def _as_float64(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def sq_distances(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of ``A`` and ``B``, in float32, clipped at 0."""
+    A, B = np.asarray(A, dtype=np.float32), np.asarray(B, dtype=np.float32)
+    return np.maximum((A * A).sum(1, keepdims=True) - 2 * A @ B.T + (B * B).sum(1), 0)
 
 
 def select_gamma(Z: np.ndarray, gammas: Sequence[float] = GAMMAS, nu: float = NU, seed: int = 0,
-                 prune: bool = True, cache_size: float = 1000, detector: str = "ocsvm") -> Dict:
+                 prune: bool = True, cache_size: float = 1000, detector: str = "ocsvm",
+                 n_components: int = APPROX_LANDMARKS) -> Dict:
     """Choose the One-Class SVM's gamma on standardised features ``Z`` by SAS, without OOD data.
 
     ``Z`` is split 70/30 (seeded); pseudo-outliers are shifted out of the 30% part, which also serves
@@ -223,24 +242,30 @@ def select_gamma(Z: np.ndarray, gammas: Sequence[float] = GAMMAS, nu: float = NU
     ``prune``: gammas are tried in increasing order and the search stops once half the rejection rate
     of the inliers alone reaches the best error so far. That rate grows with gamma (the RBF boundary
     tightens around the training points), so no larger gamma can do better; those are also the
-    slowest fits, where nearly every point becomes a support vector. (Not so for ``ocsvm-approx``, whose
-    offset keeps the rejection near nu: it always tries the whole grid.)
+    slowest fits, where nearly every point becomes a support vector.
+
+    ``detector="ocsvm-approx"`` (see :func:`_approx_errors`): the same split, pseudo-outliers and
+    pseudo-inliers, but the error of each gamma is ``1 - AUROC`` of the approximate model's scores
+    between pseudo-inliers and pseudo-outliers, over the whole grid (no pruning).
     """
-    fit = _fitter(detector, nu, seed, cache_size)
-    prune = prune and detector == "ocsvm"
     fit_part, val_part = train_test_split(Z, test_size=0.3, random_state=seed)
     shift = shift_data(val_part)
-    errors: Dict[float, float] = {}
-    best = (math.inf, None)
-    for gamma in sorted(gammas):
-        svm = fit(fit_part, gamma, nu)
-        accepted = float((svm.predict(shift.outliers) == 1).mean()) if len(shift.outliers) else 0.0
-        rejected = float((svm.predict(val_part) == -1).mean())
-        errors[gamma] = 0.5 * accepted + 0.5 * rejected
-        if errors[gamma] < best[0]:
-            best = (errors[gamma], gamma)
-        if prune and 0.5 * rejected >= best[0]:
-            break
+    if detector == "ocsvm-approx":
+        errors = _approx_errors(fit_part, val_part, shift.outliers, gammas, nu, seed, n_components)
+        best = min((e, g) for g, e in errors.items())
+    elif detector == "ocsvm":
+        errors, best = {}, (math.inf, None)
+        for gamma in sorted(gammas):
+            svm = _fit_svm(fit_part, gamma, nu, cache_size)
+            accepted = float((svm.predict(shift.outliers) == 1).mean()) if len(shift.outliers) else 0.0
+            rejected = float((svm.predict(val_part) == -1).mean())
+            errors[gamma] = 0.5 * accepted + 0.5 * rejected
+            if errors[gamma] < best[0]:
+                best = (errors[gamma], gamma)
+            if prune and 0.5 * rejected >= best[0]:
+                break
+    else:
+        raise ValueError(f"{detector} has no gamma to select")
     if best[0] < 1.0:
         gamma, chosen_nu = best[1], nu
     else:
@@ -250,15 +275,48 @@ def select_gamma(Z: np.ndarray, gammas: Sequence[float] = GAMMAS, nu: float = NU
             "fallback": best[0] >= 1.0}
 
 
+def _approx_errors(fit_part: np.ndarray, val_part: np.ndarray, outliers: np.ndarray, gammas: Sequence[float],
+                   nu: float, seed: int, n_components: int) -> Dict[float, float]:
+    """SAS errors of ``ocsvm-approx``: for each gamma, ``1 - AUROC`` of the pseudo-inliers (``val_part``) against
+    the pseudo-outliers under a model fitted on ``fit_part``.
+
+    Why not the exact detector's error at the model's own offset: with nu = 0.001 the approximate model's
+    offset sits at the 0.1% quantile of its training scores, which at large gamma is set by the training
+    points the landmarks cover worst; it then accepts nearly every pseudo-outlier at every gamma (measured on
+    VGG16's first layer: 98-99% accepted across the grid, where libsvm accepts 0.6% at gamma 0.1), the error
+    is flat near 0.5 and the choice is noise. The ranking does not depend on the offset. Each model equals
+    ``ApproxOneClassSVM(gamma, nu, n_components, updates=SELECT_UPDATES, random_state=seed).fit(fit_part)``;
+    the distances to the landmarks, which do not depend on gamma, are computed once for the whole grid.
+    """
+    if not len(outliers):
+        return {float(g): 0.5 for g in gammas}
+    est = ApproxOneClassSVM(nu=nu, n_components=n_components, updates=SELECT_UPDATES, random_state=seed)
+    C = fit_part[est._landmark_rows(len(fit_part), np.random.default_rng(seed))]
+    d2_landmarks, d2_fit, d2_val, d2_out = (sq_distances(A, C) for A in (C, fit_part, val_part, outliers))
+    labels = np.r_[np.zeros(len(val_part)), np.ones(len(outliers))]
+    errors = {}
+    for gamma in sorted(gammas):
+        est.gamma = gamma
+        rng = np.random.default_rng(seed)
+        est._landmark_rows(len(fit_part), rng)          # the generator's state as fit() leaves it
+        est._set_landmarks(C, d2_landmarks)
+        mapped = est.kernel_map(d2_fit)
+        est._fit_mapped(len(fit_part), rng, lambda rows: mapped[rows])
+        scores = np.r_[est.decision_function_mapped(est.kernel_map(d2_val)),
+                       est.decision_function_mapped(est.kernel_map(d2_out))]
+        errors[float(gamma)] = 1.0 - float(roc_auc_score(labels, -scores))
+    return errors
+
+
 def fit_layer(X: np.ndarray, detector: str = "ocsvm", gammas: Sequence[float] = GAMMAS, nu: float = NU,
               seed: int = 0, select_size: Optional[int] = None, prune: bool = True,
-              cache_size: float = 1000) -> Tuple[Pipeline, Dict]:
+              cache_size: float = 1000, n_components: int = APPROX_LANDMARKS) -> Tuple[Pipeline, Dict]:
     """Fit one layer's detector on in-distribution train features ``X``; returns it and a record.
 
     The scaler and the final detector always see all of ``X``; with ``select_size`` only the
     gamma selection runs on a seeded subsample of that many points (``ocsvm-approx``: at most
     :data:`APPROX_SELECT_SIZE` by default). ``ocsvm-approx`` streams ``X`` in chunks (a memory map stays
-    one), the others read it whole.
+    one), the others read it whole; ``n_components`` is its number of Nystroem landmarks.
     """
     start = time.time()
     if detector == "ocsvm-approx":
@@ -274,13 +332,14 @@ def fit_layer(X: np.ndarray, detector: str = "ocsvm", gammas: Sequence[float] = 
             sel = scaler.transform(X[np.random.default_rng(seed).choice(len(X), size=select_size, replace=False)])
         else:
             sel = scaler.transform(X)
-        record = select_gamma(sel, gammas, nu, seed, prune, cache_size, detector)
+        record = select_gamma(sel, gammas, nu, seed, prune, cache_size, detector, n_components)
         if detector == "ocsvm":
             est = _fit_svm(sel if sel.shape[0] == len(X) else scaler.transform(X), record["gamma"], record["nu"],
                            cache_size)
             record["support_vectors"] = int(len(est.support_))
         else:
-            est = ApproxOneClassSVM(record["gamma"], record["nu"], random_state=seed).fit(X, transform=scaler.transform)
+            est = ApproxOneClassSVM(record["gamma"], record["nu"], n_components, random_state=seed).fit(
+                X, transform=scaler.transform)
     elif detector == "iforest":
         est = IsolationForest(random_state=seed, n_jobs=1).fit(scaler.transform(X))
         record = {}
@@ -331,13 +390,15 @@ class LAOOD:
     calibration_size: int = 0
     backend: Optional[str] = None     # a joblib backend for the layer fits and scores, e.g. "dask"
     choice: str = ""                  # how the detector was chosen (--detector auto), for the manifest
+    n_components: int = APPROX_LANDMARKS           # ocsvm-approx: Nystroem landmarks per layer
     detectors_: List[Pipeline] = field(default_factory=list, repr=False)
     calibration_: Optional["Calibration"] = field(default=None, repr=False)
     records_: List[Dict] = field(default_factory=list, repr=False)
 
     def fit(self, layers: Sequence[np.ndarray], progress: bool = True) -> "LAOOD":
         kwargs = dict(detector=self.detector, gammas=self.gammas, nu=self.nu, seed=self.seed,
-                      select_size=self.select_size, prune=self.prune, cache_size=self.cache_size)
+                      select_size=self.select_size, prune=self.prune, cache_size=self.cache_size,
+                      n_components=self.n_components)
         # Largest layers first, so the slowest fits do not end up alone at the tail.
         order = sorted(range(len(layers)), key=lambda i: -layers[i].shape[1])
         jobs = (delayed(fit_layer)(layers[i], **kwargs) for i in order)
@@ -352,7 +413,10 @@ class LAOOD:
     @property
     def tag(self) -> str:
         """Names the directories of these detectors and their results (see utils/paths.py)."""
-        return Layout.detector_tag(self.detector, self.seed, self.calibration_size)
+        name = self.detector
+        if name == "ocsvm-approx" and self.n_components != APPROX_LANDMARKS:
+            name += f"-m{self.n_components}"
+        return Layout.detector_tag(name, self.seed, self.calibration_size)
 
     def fit_calibrated(self, layers: Sequence[np.ndarray], progress: bool = True) -> "LAOOD":
         """Hold back ``calibration_size`` seeded train images, fit on the rest, calibrate on the held-back."""

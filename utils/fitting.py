@@ -12,7 +12,7 @@ from typing import Dict, Optional
 import joblib
 import numpy as np
 
-from .detectors import LAOOD, TAIL_LEVEL, Calibration
+from .detectors import APPROX_LANDMARKS, LAOOD, TAIL_LEVEL, Calibration
 from .features import load_features
 from .io import StagingDir, is_complete, read_json, save_npy, write_csv, write_json
 from .paths import CALIBRATION, CALIBRATION_HELD, MANIFEST, SELECTION, Layout, layer_file
@@ -20,12 +20,15 @@ from .paths import CALIBRATION, CALIBRATION_HELD, MANIFEST, SELECTION, Layout, l
 log = logging.getLogger(__name__)
 
 CALIBRATION_FORMAT = 2   # 2: the held-back indices are stored beside the statistics
+APPROX_SELECTION = 2     # ocsvm-approx's gamma criterion; 2: 1 - AUROC of pseudo-inliers against pseudo-outliers
 
 
 def detector_settings(checkpoint_sha: str, la: LAOOD, n_train: int) -> Dict:
     settings = {"checkpoint_sha256": checkpoint_sha, "detector": la.detector, "gammas": list(la.gammas),
                 "nu": la.nu, "seed": la.seed, "select_size": la.select_size, "prune": la.prune, "n_train": n_train,
                 "calibration_size": la.calibration_size}
+    if la.detector == "ocsvm-approx":   # the landmarks, and the selection criterion (ranking since v2)
+        settings.update(landmarks=la.n_components, approx_selection=APPROX_SELECTION)
     if la.calibration_size:   # calibrations written in an older format are refitted, not trusted
         settings.update(tail_level=TAIL_LEVEL, calibration_format=CALIBRATION_FORMAT)
     return settings
@@ -94,7 +97,8 @@ def load_detectors(directory: Path, expect_sha: Optional[str] = None) -> LAOOD:
         raise ValueError(f"detectors in {directory} were fitted on features of another checkpoint "
                          f"({s['checkpoint_sha256'][:8]}, expected {expect_sha[:8]}); retrain them")
     la = LAOOD(detector=s["detector"], gammas=s["gammas"], nu=s["nu"], seed=s["seed"],
-               select_size=s["select_size"], prune=s["prune"], calibration_size=s.get("calibration_size", 0))
+               select_size=s["select_size"], prune=s["prune"], calibration_size=s.get("calibration_size", 0),
+               n_components=s.get("landmarks", APPROX_LANDMARKS))
     la.calibration_ = load_calibration(directory)
     for i in range(manifest["layers"]):
         path = Path(directory) / layer_file(i, "joblib")
