@@ -50,9 +50,9 @@ EDGE_THRESHOLD = 0.01
 
 DETECTORS = ("ocsvm", "ocsvm-approx", "iforest", "auto")
 AUTO_EXACT_MAX = 100_000       # --detector auto: the exact SVM up to this many fitting images
-APPROX_SELECT_SIZE = 10_000    # ocsvm-approx chooses gamma on a seeded subsample of at most this many
+APPROX_SELECT_SIZE = 20_000    # ocsvm-approx chooses gamma on a seeded subsample of at most this many
 APPROX_LANDMARKS = 512        # ocsvm-approx's default number of Nystroem landmarks (--landmarks)
-SELECT_UPDATES = 200_000       # ocsvm-approx's SGD updates per candidate gamma (the final fit makes 1,000,000)
+SELECT_UPDATES = 400_000       # ocsvm-approx's SGD updates per candidate gamma (the final fit makes 1,000,000)
 CHUNK = 8192                   # rows per chunk wherever features are streamed
 
 
@@ -83,7 +83,7 @@ def sas_k(n: int) -> int:
 
 
 def shift_data(X: np.ndarray, k: Optional[int] = None, threshold: float = EDGE_THRESHOLD,
-               chunk: int = 2048) -> Shift:
+               chunk: int = 256) -> Shift:
     """Self-adaptive data shifting: edge points of ``X`` pushed outwards along their normals.
 
     For each point x_i and its k nearest neighbours x_j, v_ij = (x_i - x_j) / ||x_i - x_j|| and the
@@ -133,18 +133,19 @@ class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
     nu-property puts it (at most a fraction nu of training points outside). Same contract as
     ``OneClassSVM``: ``decision_function`` (> 0 inside), ``predict`` (+1 / -1), ``score_samples``.
 
-    ``fit`` streams ``X`` (an array or a memory map) in seeded random chunks of ``chunk_size`` rows,
-    applying ``transform`` (e.g. a fitted scaler's) to each chunk: memory stays at a chunk, never the whole
-    set; time grows linearly in n. SGD with nu = 0.001 converges slowly, so it runs for at least ``updates``
+    ``fit`` reads ``X`` (an array or a memory map) in chunks of ``chunk_size`` rows, applying ``transform``
+    (e.g. a fitted scaler's) to each: the mapped features are held in memory up to ``CACHE_BYTES``, else each
+    pass maps seeded random chunks anew, so memory stays at a chunk; time grows linearly in n. SGD with nu = 0.001 converges slowly, so it runs for at least ``updates``
     samples (and ``min_epochs`` passes): 20 passes at 50,000 points, 2 at a million. Too few updates leave
     the decision values compressed (measured on VGG16 features: their spread at 200,000 updates is about
     half the exact SVM's, at 1,000,000 three quarters), which matters for the maximum over layers.
     """
 
     CACHE_BYTES = 1 << 30   # mapped features are kept in memory (float32) up to this size, else mapped again per pass
+    OFFSET_SAMPLE = 200_000  # training rows the offset's quantile is taken on
 
-    def __init__(self, gamma: float = 0.01, nu: float = NU, n_components: int = APPROX_LANDMARKS, updates: int = 1_000_000,
-                 min_epochs: int = 2, chunk_size: int = CHUNK, random_state: int = 0):
+    def __init__(self, gamma: float = 0.01, nu: float = NU, n_components: int = APPROX_LANDMARKS,
+                 updates: int = 1_000_000, min_epochs: int = 2, chunk_size: int = CHUNK, random_state: int = 0):
         self.gamma, self.nu, self.n_components = gamma, nu, n_components
         self.updates, self.min_epochs = updates, min_epochs
         self.chunk_size, self.random_state = chunk_size, random_state
@@ -154,9 +155,8 @@ class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
         rng = np.random.default_rng(self.random_state)
         self._set_landmarks(pre(X[self._landmark_rows(len(X), rng)]))
         if len(X) * len(self.components_) * 4 <= self.CACHE_BYTES:
-            cached = self._map_all(X, pre)
-            return self._fit_mapped(len(X), rng, lambda rows: cached[rows])
-        return self._fit_mapped(len(X), rng, lambda rows: self.transform(pre(X[rows])))
+            return self._fit_mapped(self._map_all(X, pre), rng)
+        return self._fit_streamed(X, pre, rng)
 
     def _landmark_rows(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.sort(rng.choice(n, min(self.n_components, n), replace=False))
@@ -169,18 +169,41 @@ class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
         self.components_ = np.asarray(C, dtype=np.float32)
         self.normalization_ = ((eigvec / np.sqrt(np.maximum(eigval, 1e-12))) @ eigvec.T).astype(np.float32)
 
-    def _fit_mapped(self, n: int, rng: np.random.Generator, mapped) -> "ApproxOneClassSVM":
-        """SGD over ``mapped(rows)`` (the Nystroem features of those training rows), then the offset."""
+    def _fit_mapped(self, mapped: np.ndarray, rng: np.random.Generator) -> "ApproxOneClassSVM":
+        """SGD over the Nystroem features of every training row, in memory: shuffled once, then each pass takes
+        contiguous chunks in a random order (SGD shuffles within a chunk), so no pass copies the features."""
+        n = len(mapped)
+        mapped = mapped[rng.permutation(n)]
+        starts = np.arange(0, n, self.chunk_size)
+        self._sgd(n, lambda: (mapped[s:s + self.chunk_size] for s in rng.permutation(starts)))
+        return self._place_offset(n, [mapped[:self.OFFSET_SAMPLE]])   # shuffled: the first rows are a sample
+
+    def _fit_streamed(self, X, pre, rng: np.random.Generator) -> "ApproxOneClassSVM":
+        """SGD over seeded random chunks of ``X``, mapped anew on every pass (each chunk's rows sorted, so a memory
+        map is read in order)."""
+        n = len(X)
+
+        def mapped(rows: np.ndarray) -> np.ndarray:
+            return self.transform(pre(X[np.sort(rows)]))
+
+        def in_chunks(rows: np.ndarray):
+            return (mapped(rows[s:s + self.chunk_size]) for s in range(0, len(rows), self.chunk_size))
+
+        self._sgd(n, lambda: in_chunks(rng.permutation(n)))
+        return self._place_offset(n, in_chunks(rng.choice(n, min(n, self.OFFSET_SAMPLE), replace=False)))
+
+    def _sgd(self, n: int, epoch) -> None:
+        """Averaged SGD for at least ``updates`` samples and ``min_epochs`` passes of ``epoch()``'s chunks."""
         self.sgd_ = SGDOneClassSVM(nu=self.nu, learning_rate="optimal", average=True, random_state=self.random_state)
         self.epochs_ = max(self.min_epochs, math.ceil(self.updates / n))
         for _ in range(self.epochs_):
-            order = rng.permutation(n)
-            for s in range(0, n, self.chunk_size):
-                self.sgd_.partial_fit(mapped(np.sort(order[s:s + self.chunk_size])))
-        # The offset from at most 200,000 seeded training points (enough for the 0.1% quantile).
-        sample = np.sort(rng.choice(n, min(n, 200_000), replace=False))
-        raw = np.concatenate([self.sgd_.score_samples(mapped(sample[s:s + self.chunk_size]))
-                              for s in range(0, len(sample), self.chunk_size)])
+            for chunk in epoch():
+                self.sgd_.partial_fit(chunk)
+
+    def _place_offset(self, n: int, features) -> "ApproxOneClassSVM":
+        """The offset at the ``nu`` quantile of the training scores (of at most ``OFFSET_SAMPLE`` seeded rows, enough
+        for the 0.1% quantile); ``features``: their Nystroem features, chunk by chunk."""
+        raw = np.concatenate([self.sgd_.score_samples(f) for f in features])
         # SGDOneClassSVM's dual coefficients sum to 1, libsvm's to nu * n: scaled to libsvm's, the decision
         # values of exact and approximate layers are comparable, which the maximum over layers needs.
         self.scale_ = self.nu * n
@@ -300,8 +323,7 @@ def _approx_errors(fit_part: np.ndarray, val_part: np.ndarray, outliers: np.ndar
         rng = np.random.default_rng(seed)
         est._landmark_rows(len(fit_part), rng)          # the generator's state as fit() leaves it
         est._set_landmarks(C, d2_landmarks)
-        mapped = est.kernel_map(d2_fit)
-        est._fit_mapped(len(fit_part), rng, lambda rows: mapped[rows])
+        est._fit_mapped(est.kernel_map(d2_fit), rng)
         scores = np.r_[est.decision_function_mapped(est.kernel_map(d2_val)),
                        est.decision_function_mapped(est.kernel_map(d2_out))]
         errors[float(gamma)] = 1.0 - float(roc_auc_score(labels, -scores))

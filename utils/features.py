@@ -3,6 +3,7 @@
 Every tap's output is pooled on the device by ``forward_intermediates`` and copied into arrays that
 were preallocated on disk (``open_memmap``), so memory stays flat and nothing is stacked per batch.
 """
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -157,30 +158,28 @@ def _extract_across_ranks(model, images, labels, out: Path, settings: Dict, devi
     (and a later run deletes)."""
     dist = torch.distributed
     rank, world = process_group()
-    staging = StagingDir(out, settings, {"count": len(images), "widths": model.tap_widths, "processes": world,
-                                         "input_size": int(images.shape[1])})
-    box = [str(staging.__enter__()) if rank == 0 else None]
-    if rank == 0:
-        preallocate(model, len(images), Path(box[0]))
-    dist.broadcast_object_list(box, src=0)
-    tmp = Path(box[0])
-    failed = torch.ones(1)
-    try:
-        extract(model, images, tmp, device, batch_size, desc=f"{name} (rank {rank}/{world})", precision=precision,
-                rank=rank, world=world, progress=rank == 0)
-        failed.zero_()
-    finally:
-        dist.all_reduce(failed)   # also the barrier: every rank has written its rows
+    info = {"count": len(images), "widths": model.tap_widths, "processes": world, "input_size": int(images.shape[1])}
+    # Only rank 0 owns the staging directory; it leaves the ``with`` by moving it into place, or, on any
+    # rank's failure, by deleting it. The others share its path.
+    with (StagingDir(out, settings, info) if rank == 0 else contextlib.nullcontext()) as staged:
+        box = [str(staged) if rank == 0 else None]
         if rank == 0:
-            if failed.item():
-                staging.__exit__(RuntimeError, None, None)
-            else:
-                np.save(tmp / LABELS, labels)
-                staging.__exit__(None, None, None)
-                log.info(f"{name}: {len(images)} images x {model.num_taps} layers by {world} processes -> {out}")
-        dist.barrier()
-    if failed.item():
-        raise RuntimeError(f"another process failed while extracting {name}; nothing was kept")
+            preallocate(model, len(images), staged)
+        dist.broadcast_object_list(box, src=0)
+        failed = torch.ones(1)
+        try:
+            extract(model, images, Path(box[0]), device, batch_size, desc=f"{name} (rank {rank}/{world})",
+                    precision=precision, rank=rank, world=world, progress=rank == 0)
+            failed.zero_()
+        finally:
+            dist.all_reduce(failed)   # also the barrier: every rank has written its rows
+        if failed.item():
+            raise RuntimeError(f"a process failed while extracting {name}; nothing was kept")
+        if rank == 0:
+            np.save(staged / LABELS, labels)
+    dist.barrier()                    # the others return once rank 0 has moved the directory into place
+    if rank == 0:
+        log.info(f"{name}: {len(images)} images x {model.num_taps} layers by {world} processes -> {out}")
 
 
 def _extract_gram_bounds(model, images, labels, out: Path, device, batch_size: int, seed: int) -> None:
