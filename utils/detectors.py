@@ -51,7 +51,7 @@ EDGE_THRESHOLD = 0.01
 DETECTORS = ("ocsvm", "ocsvm-approx", "iforest", "auto")
 AUTO_EXACT_MAX = 100_000       # --detector auto: the exact SVM up to this many fitting images
 APPROX_SELECT_SIZE = 20_000    # ocsvm-approx chooses gamma on a seeded subsample of at most this many
-APPROX_LANDMARKS = 512        # ocsvm-approx's default number of Nystroem landmarks (--landmarks)
+APPROX_LANDMARKS = 512         # ocsvm-approx's default number of Nystroem landmarks (--landmarks)
 SELECT_UPDATES = 400_000       # ocsvm-approx's SGD updates per candidate gamma (the final fit makes 1,000,000)
 CHUNK = 8192                   # rows per chunk wherever features are streamed
 
@@ -135,8 +135,9 @@ class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
 
     ``fit`` reads ``X`` (an array or a memory map) in chunks of ``chunk_size`` rows, applying ``transform``
     (e.g. a fitted scaler's) to each: the mapped features are held in memory up to ``CACHE_BYTES``, else each
-    pass maps seeded random chunks anew, so memory stays at a chunk; time grows linearly in n. SGD with nu = 0.001 converges slowly, so it runs for at least ``updates``
-    samples (and ``min_epochs`` passes): 20 passes at 50,000 points, 2 at a million. Too few updates leave
+    pass maps seeded random chunks anew, so memory stays at a chunk; time grows linearly in n. SGD with
+    nu = 0.001 converges slowly, so it runs for at least ``updates`` samples (and ``min_epochs`` passes):
+    20 passes at 50,000 points, 2 at a million. Too few updates leave
     the decision values compressed (measured on VGG16 features: their spread at 200,000 updates is about
     half the exact SVM's, at 1,000,000 three quarters), which matters for the maximum over layers.
     """
@@ -168,6 +169,18 @@ class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
             eigval, eigvec = np.linalg.eigh(np.exp(-self.gamma * d2.astype(np.float64)))
         self.components_ = np.asarray(C, dtype=np.float32)
         self.normalization_ = ((eigvec / np.sqrt(np.maximum(eigval, 1e-12))) @ eigvec.T).astype(np.float32)
+
+    def landmarks(self, Z: np.ndarray) -> np.ndarray:
+        """The rows of ``Z`` that ``fit(Z)`` takes as landmarks."""
+        return Z[self._landmark_rows(len(Z), np.random.default_rng(self.random_state))]
+
+    def fit_distances(self, C: np.ndarray, d2_landmarks: np.ndarray, d2_train: np.ndarray) -> "ApproxOneClassSVM":
+        """``fit(Z)`` for training rows ``Z`` held in memory, given ``C = landmarks(Z)`` and the squared distances
+        ``sq_distances(C, C)`` and ``sq_distances(Z, C)``, which do not depend on gamma: the same model."""
+        rng = np.random.default_rng(self.random_state)
+        self._landmark_rows(len(d2_train), rng)          # the generator's state as fit() leaves it
+        self._set_landmarks(C, d2_landmarks)
+        return self._fit_mapped(self.kernel_map(d2_train), rng)
 
     def _fit_mapped(self, mapped: np.ndarray, rng: np.random.Generator) -> "ApproxOneClassSVM":
         """SGD over the Nystroem features of every training row, in memory: shuffled once, then each pass takes
@@ -314,16 +327,13 @@ def _approx_errors(fit_part: np.ndarray, val_part: np.ndarray, outliers: np.ndar
     if not len(outliers):
         return {float(g): 0.5 for g in gammas}
     est = ApproxOneClassSVM(nu=nu, n_components=n_components, updates=SELECT_UPDATES, random_state=seed)
-    C = fit_part[est._landmark_rows(len(fit_part), np.random.default_rng(seed))]
+    C = est.landmarks(fit_part)
     d2_landmarks, d2_fit, d2_val, d2_out = (sq_distances(A, C) for A in (C, fit_part, val_part, outliers))
     labels = np.r_[np.zeros(len(val_part)), np.ones(len(outliers))]
     errors = {}
     for gamma in sorted(gammas):
         est.gamma = gamma
-        rng = np.random.default_rng(seed)
-        est._landmark_rows(len(fit_part), rng)          # the generator's state as fit() leaves it
-        est._set_landmarks(C, d2_landmarks)
-        est._fit_mapped(est.kernel_map(d2_fit), rng)
+        est.fit_distances(C, d2_landmarks, d2_fit)
         scores = np.r_[est.decision_function_mapped(est.kernel_map(d2_val)),
                        est.decision_function_mapped(est.kernel_map(d2_out))]
         errors[float(gamma)] = 1.0 - float(roc_auc_score(labels, -scores))
@@ -412,7 +422,7 @@ class LAOOD:
     calibration_size: int = 0
     backend: Optional[str] = None     # a joblib backend for the layer fits and scores, e.g. "dask"
     choice: str = ""                  # how the detector was chosen (--detector auto), for the manifest
-    n_components: int = APPROX_LANDMARKS           # ocsvm-approx: Nystroem landmarks per layer
+    n_components: int = APPROX_LANDMARKS  # ocsvm-approx: Nystroem landmarks per layer
     detectors_: List[Pipeline] = field(default_factory=list, repr=False)
     calibration_: Optional["Calibration"] = field(default=None, repr=False)
     records_: List[Dict] = field(default_factory=list, repr=False)
