@@ -18,27 +18,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detector_speed import find_run  # noqa: E402
-from utils.detectors import LAOOD, ood_score  # noqa: E402
-from utils.metrics import ood_metrics  # noqa: E402
-from utils.tables import balanced_indices  # noqa: E402
-from utils.torch_svm import is_rbf_svm, torch_ood_score  # noqa: E402
-
-
-def layer_scores(detectors, layers) -> np.ndarray:
-    """LA-OOD's image scores: the maximum over layers of each layer's OOD score."""
-    return np.stack([torch_ood_score(d, X, "cpu") if is_rbf_svm(d[-1]) else ood_score(d, X)
-                     for d, X in zip(detectors, layers)], 1).max(1)
-
-
-def la_auroc(detectors, test, oods, seed) -> dict:
-    ind = layer_scores(detectors, test["layers"])
-    out = {}
-    for name, f in oods.items():
-        ood = layer_scores(detectors, f["layers"])
-        i, o = balanced_indices(len(ind), len(ood), seed)
-        out[name] = ood_metrics(ind[i], ood[o])["auroc"]
-    return out
+from detector_speed import find_run, la_auroc  # noqa: E402
+from utils.detectors import LAOOD  # noqa: E402
 
 
 def main():
@@ -66,7 +47,7 @@ def main():
         seconds[name] = time.perf_counter() - t
         gammas[name] = [r["gamma"] for r in la.records_]
         t = time.perf_counter()
-        auroc[name] = la_auroc(la.detectors_, test, oods, args.seed)
+        auroc[name] = la_auroc(la.detectors_, test, oods, args.seed, device="cpu")
         print(f"{name}: fit {seconds[name]:.1f} s (scored in {time.perf_counter() - t:.0f} s)")
     names = list(variants)
     print("\n| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))

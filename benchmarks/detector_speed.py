@@ -24,7 +24,7 @@ from sklearn.svm import OneClassSVM
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils.detectors import GAMMAS, LAOOD, NU, ood_score, sas_k  # noqa: E402
+from utils.detectors import GAMMAS, LAOOD, NU, sas_k  # noqa: E402
 from utils.features import load_features  # noqa: E402
 from utils.io import sha256_file  # noqa: E402
 from utils.metrics import ood_metrics  # noqa: E402
@@ -63,11 +63,14 @@ def reference_layer(X, seed):
     return Pipeline([("scale", scaler), ("ocsvm", svm)]), best_gamma
 
 
-def la_auroc(detectors, test, oods, seed):
-    ind = np.stack([ood_score(d, X) for d, X in zip(detectors, test["layers"])], 1).max(1)
+def la_auroc(detectors, test, oods, seed, device=None):
+    """LA-OOD's AUROC on every OOD set (balanced comparisons); ``device``: the RBF One-Class SVM layers are
+    scored with torch there (``LAOOD.score_layers``), the others by scikit-learn."""
+    la = LAOOD(detectors_=list(detectors))
+    ind = la.score_layers(test["layers"], device).max(1)
     out = {}
     for name, f in oods.items():
-        ood = np.stack([ood_score(d, X) for d, X in zip(detectors, f["layers"])], 1).max(1)
+        ood = la.score_layers(f["layers"], device).max(1)
         i, o = balanced_indices(len(ind), len(ood), seed)
         out[name] = ood_metrics(ind[i], ood[o])["auroc"]
     return out

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
 
 import generate_datasets
 import save_inter_outputs
 from conftest import CHECKPOINTS, DATA, ROOT, need
 from utils.cli import la_ood
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
-
 from utils.detectors import (AUTO_EXACT_MAX, LAOOD, SELECT_UPDATES, ApproxOneClassSVM, fit_layer, ood_score,
                              resolve_detector, select_gamma, shift_data)
 from utils.features import load_features
@@ -96,7 +95,7 @@ def test_auto_picks_by_size(tmp_path):
     with pytest.raises(ValueError, match="unknown detector"):
         resolve_detector("svm", 10)
     args = type("A", (), dict(gammas=None, detector="auto", nu=0.001, seed=0, select_size=None, no_prune=False,
-                              jobs=1, calibration_size=0, dask_scheduler=None, dask_local=None))()
+                              jobs=1, calibration_size=0, dask_scheduler=None, dask_local=None, landmarks=512))()
     with pytest.raises(FileNotFoundError, match="save_inter_outputs.py first"):
         la_ood(args, "vgg16", tmp_path)
 

@@ -195,7 +195,7 @@ def la_ood(args, arch: str, run: Path) -> LAOOD:
     return LAOOD(detector=detector, gammas=gammas, nu=args.nu, seed=args.seed, select_size=args.select_size,
                  prune=not args.no_prune, n_jobs=args.jobs, calibration_size=args.calibration_size,
                  backend="dask" if (args.dask_scheduler or args.dask_local) else None, choice=choice,
-                 n_components=getattr(args, "landmarks", APPROX_LANDMARKS))
+                 n_components=args.landmarks)
 
 
 @contextlib.contextmanager
