@@ -11,10 +11,11 @@ import logging
 from pathlib import Path
 
 from models import get_recipe, load_model
-from utils.cli import (add_data_args, add_model_args, add_train_args, data_config, layout, locate_run,
-                       resolve_device, run_script, train_config)
+from utils.cli import add_data_args, add_model_args, add_train_args, data_config, layout, train_config
+from utils.runtime import locate_run, resolve_device, run_script
 from utils.cotrain import CoTrainLoss, mean_decision
 from utils.engine import fit, load_splits
+from utils.detectors import LAOOD
 from utils.fitting import load_detectors
 from utils.paths import FINAL, Layout
 
@@ -27,7 +28,7 @@ def get_args_parser():
     add_model_args(parser)
     add_train_args(parser)
     parser.add_argument("--detectors", type=Path, default=None,
-                        help="directory of the fitted ocsvm detectors (default: those of --checkpoint's run)")
+                        help="directory of fitted exact One-Class SVM detectors (default: those of --checkpoint's run)")
     parser.add_argument("--lam", type=float, default=0.001, help="weight lambda of the detector term")
     parser.add_argument("--layers-per-batch", type=int, default=None,
                         help="layers drawn at random per batch (default: all up to 13 layers, else 10)")
@@ -42,7 +43,7 @@ def get_args_parser():
 def main(args):
     device = resolve_device(args.device)
     run, arch, sha = locate_run(args)
-    det_dir = args.detectors or Layout.detectors(run, Layout.detector_tag("ocsvm", args.seed))
+    det_dir = args.detectors or Layout.detectors(run, LAOOD(seed=args.seed).tag)   # the default detectors' directory
     detectors = load_detectors(det_dir, expect_sha=sha).detectors_
     model = load_model(args.checkpoint, arch, data_config(args).num_classes(), args.normalization, args.taps, args.head).to(device)
     per_batch = args.layers_per_batch or (model.num_taps if model.num_taps <= 13 else 10)

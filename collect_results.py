@@ -9,13 +9,12 @@ For each model it takes the newest detection results of the given data tag and d
 import argparse
 import csv
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
 
 from models import list_models
-from utils.cli import run_script
+from utils.runtime import run_script
 from utils.features import load_features
 from utils.io import format_table, read_json, write_csv, write_text
 from utils.paths import RUN_RECORD, SUMMARY_CSV, Layout
@@ -46,11 +45,9 @@ def find_results(args, model: str):
     chosen = dict(spec.split("=", 1) for spec in args.run)
     if model in chosen:
         return Path(chosen[model])
-    found = sorted(Path(args.runs_root, args.ind).glob(f"{model}-*/{args.data_tag}/results/{args.detector_tag}"),
-                   key=lambda p: (p / SUMMARY_CSV).stat().st_mtime if (p / SUMMARY_CSV).exists() else 0)
-    # float32 runs only: <model>-<sha[:8]>, not <model>-<sha[:8]>-bf16
-    found = [p for p in found if (p / SUMMARY_CSV).exists() and re.fullmatch(rf"{model}-[0-9a-f]{{8}}", p.parents[2].name)]
-    return found[-1] if found else None
+    runs = Layout(runs_root=args.runs_root).runs_of(args.ind, model, args.data_tag)    # float32 runs only
+    found = [r for r in (Layout.results(run, args.detector_tag) for run in runs) if (r / SUMMARY_CSV).exists()]
+    return max(found, key=lambda r: (r / SUMMARY_CSV).stat().st_mtime) if found else None
 
 
 def read_summary(path: Path):

@@ -4,8 +4,8 @@
 """
 import argparse
 
-from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, dask_cluster, la_ood,
-                       layout, locate_run, run_script)
+from utils.cli import add_data_args, add_detector_args, add_method_args, add_model_args, layout
+from utils.runtime import dask_cluster, la_ood, locate_run, run_script
 from utils.detection import detect, repeat_over_seeds
 from utils.generate import generated_sets
 from utils.io import format_table
@@ -31,7 +31,8 @@ def main(args):
     names = args.ood or [n for n in generated_sets(layout(args), args.ind, run.name)
                          if (Layout.features(run, n) / MANIFEST).exists()]
     kwargs = dict(n_jobs=args.jobs, methods=args.methods, exit_threshold=args.exit_threshold, exit_k=args.exit_k,
-                  backend="dask" if (args.dask_scheduler or args.dask_local) else None, score_device=args.score_device)
+                  backend="dask" if (args.dask_scheduler or args.dask_local) else None, score_device=args.score_device,
+                  near=args.near)
     if args.seeds:
         def make_laood(seed):
             return la_ood(argparse.Namespace(**{**vars(args), "seed": seed}), arch, run)

@@ -5,7 +5,8 @@
 import argparse
 import logging
 
-from utils.cli import add_data_args, data_config, layout, run_script
+from utils.cli import add_data_args, data_config, layout
+from utils.runtime import run_script
 from utils.data import OOD_SETS, parse_extra
 from utils.generate import generate
 

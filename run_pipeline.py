@@ -8,8 +8,9 @@ Each stage reuses only outputs made from the same checkpoint (by content hash) a
 import argparse
 import time
 
-from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, dask_cluster, data_config,
-                       la_ood, layout, positive_int, resolve_device, run_script)
+from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, data_config, layout,
+                       positive_int)
+from utils.runtime import dask_cluster, la_ood, resolve_device, run_script
 from utils.data import OOD_SETS, parse_extra
 from utils.detection import detect
 from utils.features import open_backbone, save_features
@@ -65,7 +66,7 @@ def main(args):
         timings["detectors_s"], t = time.time() - t, time.time()
         summary = detect(run, det_dir, oods, seed=args.seed, n_jobs=args.jobs, methods=args.methods,
                          exit_threshold=args.exit_threshold, exit_k=args.exit_k, backend=la.backend,
-                         score_device=args.score_device,
+                         score_device=args.score_device, near=args.near,
                          record={"stage_seconds": timings})
     timings["detect_s"] = time.time() - t
     print(f"\n{model.arch} on {args.ind} ({sha[:8]}), {cfg.tag}, detector {la.detector}\n")

@@ -13,7 +13,8 @@ import time
 
 import torch
 
-from utils.cli import add_data_args, add_model_args, data_config, layout, positive_int, resolve_device, run_script
+from utils.cli import add_data_args, add_model_args, data_config, layout, positive_int
+from utils.runtime import resolve_device, run_script
 from utils.features import open_backbone, save_features
 from utils.generate import generated_sets
 from utils.paths import IND_SPLITS

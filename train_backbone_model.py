@@ -12,7 +12,8 @@ import torch
 from models import create_model, get_recipe, list_models, load_model
 from models.generic import safe_name
 from utils.cli import (add_data_args, add_normalization_arg, add_train_args, data_config, layout, model_arg,
-                       resolve_device, run_script, train_config)
+                       train_config)
+from utils.runtime import resolve_device, run_script
 from utils.engine import distributed, evaluate, fit, load_splits
 from utils.paths import FINAL
 

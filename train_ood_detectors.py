@@ -4,7 +4,8 @@
 """
 import argparse
 
-from utils.cli import add_data_args, add_detector_args, add_model_args, dask_cluster, la_ood, locate_run, run_script
+from utils.cli import add_data_args, add_detector_args, add_model_args
+from utils.runtime import dask_cluster, la_ood, locate_run, run_script
 from utils.fitting import train_detectors
 
 

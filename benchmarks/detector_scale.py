@@ -31,6 +31,10 @@ from detector_speed import find_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.detectors import LAOOD  # noqa: E402
+from utils.detectors.approx import ApproxOCSVM  # noqa: E402
+from utils.detectors.ocsvm import ExactOCSVM  # noqa: E402
+
+EXACT, APPROX = ExactOCSVM.name, ApproxOCSVM.name
 
 
 def _anon_bytes(pid: int) -> int:
@@ -123,8 +127,8 @@ def main():
     rows = []
     # The approximation at every n first, then the exact detector where asked: a long exact fit at the end
     # never holds back the approximation's figures (the data of an n is drawn again, seeded: the same).
-    for detector in ("ocsvm-approx", "ocsvm"):
-        for n in [n for n in args.sizes if detector == "ocsvm-approx" or n <= args.exact_max]:
+    for detector in (APPROX, EXACT):
+        for n in [n for n in args.sizes if detector == APPROX or n <= args.exact_max]:
             work = Path(tempfile.mkdtemp(prefix=f"scale{n}-", dir=args.workdir))
             try:
                 t = time.perf_counter()
@@ -143,7 +147,7 @@ def main():
     print("\n| n | detector | wall time (s) | peak memory (GB) | data |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['n']:,} | {r['detector']} | {r['seconds']:.0f} | {r['peak_anon_gb']:.2f} | {r['data']} |")
-    approx = [r for r in rows if r["detector"] == "ocsvm-approx"]
+    approx = [r for r in rows if r["detector"] == APPROX]
     if len(approx) > 1:
         slope = np.polyfit(np.log10([r["n"] for r in approx]), np.log10([r["seconds"] for r in approx]), 1)[0]
         print(f"\nocsvm-approx: time grows as n^{slope:.2f} over n = {approx[0]['n']:,} .. {approx[-1]['n']:,}")
@@ -161,7 +165,7 @@ def write_plot(rows, path: Path):
         w.writeheader()
         w.writerows(rows)
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    for detector, marker in (("ocsvm", "s"), ("ocsvm-approx", "o")):
+    for detector, marker in ((EXACT, "s"), (APPROX, "o")):
         pts = [(r["n"], r["seconds"]) for r in rows if r["detector"] == detector]
         if pts:
             ax.loglog(*zip(*pts), marker=marker, label=detector)

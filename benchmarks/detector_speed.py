@@ -60,13 +60,14 @@ def reference_layer(X, seed):
     else:
         best_gamma = 1.0 / (Z.shape[1] * fit_part.std())
         svm = OneClassSVM(gamma=best_gamma, nu=0.5).fit(Z)
-    return Pipeline([("scale", scaler), ("ocsvm", svm)]), best_gamma
+    return Pipeline([("scale", scaler), ("svm", svm)]), best_gamma
 
 
 def la_auroc(detectors, test, oods, seed, device=None):
     """LA-OOD's AUROC on every OOD set (balanced comparisons); ``device``: the RBF One-Class SVM layers are
     scored with torch there (``LAOOD.score_layers``), the others by scikit-learn."""
-    la = LAOOD(detectors_=list(detectors))
+    la = LAOOD()
+    la.detectors_ = list(detectors)
     ind = la.score_layers(test["layers"], device).max(1)
     out = {}
     for name, f in oods.items():

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.methods import KNN, Mahalanobis, energy  # noqa: E402
-from utils.detectors import Calibration, calibration_split, early_exit  # noqa: E402
+from utils.detectors import LAOOD, Calibration, calibration_split, early_exit  # noqa: E402
 from utils.features import load_features  # noqa: E402
 from utils.metrics import ood_metrics  # noqa: E402
 from utils.paths import Layout, scores_file  # noqa: E402
@@ -39,7 +39,7 @@ def main():
     parser.add_argument("--knn", action="store_true", help="also per-layer KNN (k = 50)")
     args = parser.parse_args()
     run = Path(args.run or f"runs/cifar10/{CHECKPOINT_TAGS[args.model]}/trainall-testall-ood10000-seed0")
-    tag = Layout.detector_tag("ocsvm", args.seed, args.calibration_size)
+    tag = LAOOD(seed=args.seed, calibration_size=args.calibration_size).tag    # the default detectors
     la = load_detectors(run / "detectors" / tag)
     la.n_jobs = 2
     train = load_features(run, "train")

@@ -1,11 +1,12 @@
-"""Scoring the One-Class SVM layers: scikit-learn's decision_function against torch on a device.
+"""Scoring the One-Class SVM layers: the detectors' own decision function (NumPy) against torch on a device.
 
     python benchmarks/score_speed.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --device cpu
 
-Loads the run's fitted detectors (the first ``ocsvm*`` directory) and scores the test split's features
-of every layer three ways, side by side, best of ``--repeats``: scikit-learn (libsvm, one layer at a
-time, float64), torch in float64 and torch in float32 on ``--device``. Prints images per second, the
-ratio to scikit-learn and the largest difference from it.
+Loads the run's default detectors (``ocsvm-seed0``, as train_ood_detectors.py writes them) and scores the test
+split's features of every layer three ways, side by side, best of ``--repeats``: the detectors'
+``decision_function`` (NumPy matrix products in float64, one layer at a time, what detection uses by default),
+torch in float64 and torch in float32 on ``--device``. Prints images per second, the ratio to NumPy and the
+largest difference from it.
 """
 import argparse
 import time
@@ -14,8 +15,9 @@ import numpy as np
 import torch
 
 from detector_speed import find_run
-from utils.detectors import ood_score
+from utils.detectors import LAOOD, ood_score
 from utils.fitting import load_detectors
+from utils.paths import Layout
 from utils.torch_svm import torch_ood_score
 
 
@@ -40,20 +42,20 @@ def main():
     p.add_argument("--repeats", type=int, default=2, help="rounds; the best counts")
     args = p.parse_args()
     run, _, test, _ = find_run(args.checkpoint, args.runs_root, args.ind)
-    det_dir = sorted(d for d in (run / "detectors").iterdir() if d.name.startswith("ocsvm-"))[0]
+    det_dir = Layout.detectors(run, LAOOD(seed=0).tag)
     la = load_detectors(det_dir)
     layers = [np.asarray(X[:args.images]) for X in test["layers"]]
     n_sv = sum(len(d[-1].support_vectors_) for d in la.detectors_)
     print(f"{det_dir}: {len(la.detectors_)} layers, {n_sv:,} support vectors in all; {args.images:,} test images; "
           f"{torch.get_num_threads()} torch threads, {args.device}\n")
-    ways = {"scikit-learn (libsvm, float64)": lambda: [ood_score(d, X) for d, X in zip(la.detectors_, layers)],
+    ways = {"NumPy float64 (default)": lambda: [ood_score(d, X) for d, X in zip(la.detectors_, layers)],
             f"torch float64 on {args.device}": lambda: [torch_ood_score(d, X, args.device, torch.float64)
                                                         for d, X in zip(la.detectors_, layers)],
             f"torch float32 on {args.device}": lambda: [torch_ood_score(d, X, args.device, torch.float32)
                                                         for d, X in zip(la.detectors_, layers)]}
     results = {name: timed(fn, args.repeats) for name, fn in ways.items()}
-    base_s, base = results["scikit-learn (libsvm, float64)"]
-    print("| scoring | img/s (all layers) | vs scikit-learn | max abs difference |\n|---|---|---|---|")
+    base_s, base = results["NumPy float64 (default)"]
+    print("| scoring | img/s (all layers) | vs NumPy | max abs difference |\n|---|---|---|---|")
     for name, (seconds, out) in results.items():
         diff = max(float(np.abs(a - b).max()) for a, b in zip(out, base))
         print(f"| {name} | {args.images / seconds:,.0f} | {base_s / seconds:.1f}x | {diff:.1e} |")

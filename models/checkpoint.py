@@ -20,6 +20,8 @@ class Checkpoint(NamedTuple):
     num_classes: Optional[int]
     state_dict: dict
     normalization: Optional[Normalization]  # None where the file does not say
+    taps: Optional[str] = None              # torchvision:/timm:/module: models: the tap patterns it was trained with
+    head: Optional[str] = None              # ... and its classifier module
 
 
 def _head_classes(state_dict: dict) -> Optional[int]:
@@ -36,8 +38,12 @@ def read_checkpoint(path) -> Checkpoint:
                                 f"or pass the path of an existing file with --checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        raise ValueError(f"checkpoint {path} could not be read as a PyTorch file: {e}") from e
+    except Exception as e:  # a truncated or foreign file, or one holding arbitrary objects
+        # torch's own message suggests weights_only=False, which would run code from the file: not passed on.
+        raise ValueError(f"checkpoint {path} could not be read safely ({type(e).__name__}): it is damaged, not a "
+                         f"PyTorch file, or holds objects other than tensors and plain values, which are never "
+                         f"unpickled here. Re-save the weights from code you trust with "
+                         f"torch.save(model.state_dict(), path)") from None
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict")
     arch, num_classes = obj.get("arch"), obj.get("num_classes")
@@ -49,7 +55,7 @@ def read_checkpoint(path) -> Checkpoint:
     state_dict = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
     if num_classes is None:
         num_classes = _head_classes(state_dict)
-    return Checkpoint(arch, num_classes, state_dict, norm)
+    return Checkpoint(arch, num_classes, state_dict, norm, obj.get("taps"), obj.get("head"))
 
 
 def load_model(path, arch: Optional[str] = None, num_classes: Optional[int] = None,
@@ -62,7 +68,8 @@ def load_model(path, arch: Optional[str] = None, num_classes: Optional[int] = No
     checkpoint's, else ``normalization``, else the recipe's default; a ``normalization`` that contradicts
     the one the checkpoint records is an error.
     """
-    saved_arch, saved_classes, state_dict, saved_norm = read_checkpoint(path)
+    saved_arch, saved_classes, state_dict, saved_norm, saved_taps, saved_head = read_checkpoint(path)
+    taps, head = taps or saved_taps, head or saved_head
     if saved_arch and arch and saved_arch != arch:
         raise ValueError(f"checkpoint {path} holds a {saved_arch}, but --model {arch} was asked for")
     arch = saved_arch or arch

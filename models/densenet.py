@@ -75,7 +75,10 @@ class DenseNet3(TappedModel):
 
 # DenseNet-BC on CIFAR is published with CIFAR's own mean and std (ODIN's and DICE's checkpoints): the
 # default for plain state-dict files such as the shared DICE checkpoint.
+# gammas: the One-Class SVM grid of its detectors, the original's widened as its code meant DenseNet to search
+# (a name mismatch there meant it never did).
 @register_model(recipe=dict(epochs=300, batch_size=64, lr=0.1, weight_decay=1e-4, milestones=[150, 225],
-                            gamma=0.1, normalization="cifar"))
+                            gamma=0.1, normalization="cifar",
+                            gammas=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)))
 def densenet100(num_classes: int = 10) -> DenseNet3:
     return DenseNet3(100, 12, 0.5, num_classes)

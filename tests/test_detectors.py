@@ -1,9 +1,16 @@
 """Detectors on small synthetic data with known answers."""
-import joblib
+import json
+import pickle
+
 import numpy as np
 import pytest
+from sklearn.ensemble import IsolationForest
+from sklearn.svm import OneClassSVM
 
-from utils.detectors import LAOOD, Calibration, early_exit, exit_cost, fit_layer, ood_score, sas_k, select_gamma, shift_data
+from utils.detectors import (LAOOD, Calibration, DetectorFileError, DetectorKind, early_exit, exit_cost, fit_layer,
+                             get_detector, list_detectors, load_detector, ood_score, sas_k, save_detector, select_gamma,
+                             shift_data)
+from utils.detectors.registry import _KINDS, register_detector
 from utils.tables import balanced_indices, layer_table
 
 
@@ -66,8 +73,8 @@ def test_layer_detector_scores_far_points_higher_and_round_trips(tmp_path):
         det, rec = fit_layer(X, kind, gammas=(0.01, 0.1, 0.5))
         near, far = rng.normal(3.0, 2.0, size=(100, 5)), rng.normal(3.0, 2.0, size=(100, 5)) + 12
         assert ood_score(det, far).min() > np.median(ood_score(det, near))
-        joblib.dump(det, tmp_path / f"{kind}.joblib")
-        again = joblib.load(tmp_path / f"{kind}.joblib")
+        save_detector(tmp_path / f"{kind}.npz", det, kind)
+        again = load_detector(tmp_path / f"{kind}.npz")
         np.testing.assert_array_equal(ood_score(again, far), ood_score(det, far))
         assert rec["n_train"] == 800 and rec["detector"] == kind
     with pytest.raises(ValueError, match="NaN"):
@@ -149,3 +156,113 @@ def test_tail_excess():
     np.testing.assert_allclose(cal.tail_excess(scores), [0.0, 2.0, 3.0, 1.0], atol=1e-9)
     with pytest.raises(ValueError, match="tail quantiles"):
         Calibration(np.zeros(2), np.ones(2)).tail_excess(scores)
+
+
+def test_saved_detectors_score_as_scikit_learn_fitted_them():
+    """The arrays a detector keeps give scikit-learn's own decision values: the One-Class SVM's to 1e-9 and the
+    Isolation Forest's to rounding (the same trees walked the same way, path lengths summed in another order)."""
+    rng = np.random.default_rng(1)
+    X, test = rng.normal(size=(600, 6)), rng.normal(size=(300, 6)) * 1.5
+    svm_pipe, rec = fit_layer(X, "ocsvm", gammas=(0.05, 0.2))
+    Z, Zt = svm_pipe[0].transform(X), svm_pipe[0].transform(test)
+    ref = OneClassSVM(gamma=rec["gamma"], nu=rec["nu"]).fit(Z)
+    np.testing.assert_allclose(svm_pipe[-1].decision_function(Zt), ref.decision_function(Zt), rtol=0, atol=1e-9)
+    assert rec["support_vectors"] == len(ref.support_)
+    forest_pipe, _ = fit_layer(X, "iforest", seed=3)
+    ref = IsolationForest(random_state=3, n_jobs=1).fit(forest_pipe[0].transform(X))
+    Zt = forest_pipe[0].transform(test)
+    np.testing.assert_allclose(forest_pipe[-1].score_samples(Zt), ref.score_samples(Zt), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(forest_pipe[-1].predict(Zt), ref.predict(Zt))
+
+
+class _Payload:
+    def __reduce__(self):   # unpickling this would create the marker file
+        import pathlib
+        return (pathlib.Path.touch, (pathlib.Path(MARKER[0]),))
+
+
+MARKER = [""]
+
+
+def test_a_tampered_detector_file_is_refused_and_runs_nothing(tmp_path):
+    """A detector file replaced by a pickle that would create a file when unpickled (as joblib.load would have done)
+    is refused with a message naming the file and how to rebuild it, and the code never runs; so are a truncated
+    file, an object array smuggled into a valid file, and a header naming an unknown field."""
+    MARKER[0] = str(tmp_path / "pwned")
+    pipe, _ = fit_layer(np.random.default_rng(0).normal(size=(300, 4)), "ocsvm", gammas=(0.1,))
+    good = tmp_path / "layer_000.npz"
+    save_detector(good, pipe, "ocsvm")
+    evil = tmp_path / "evil.npz"
+    evil.write_bytes(pickle.dumps(_Payload()))
+    with pytest.raises(DetectorFileError, match=r"evil\.npz.*rebuild the detectors with"):
+        load_detector(evil)
+    assert not (tmp_path / "pwned").exists()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(DetectorFileError, match="truncated.npz"):
+        load_detector(truncated)
+    with np.load(good) as z:
+        arrays = {k: z[k] for k in z.files}
+    objects = dict(arrays, **{"est.dual_coef_": np.array([_Payload()], dtype=object)})
+    np.savez(tmp_path / "objects.npz", **objects)
+    with pytest.raises(DetectorFileError, match="objects.npz"):
+        load_detector(tmp_path / "objects.npz")
+    assert not (tmp_path / "pwned").exists()
+    header = json.loads(str(arrays["header"]))
+    header["scalars"]["__class__"] = "os.system"
+    np.savez(tmp_path / "header.npz", **dict(arrays, header=np.array(json.dumps(header))))
+    with pytest.raises(DetectorFileError, match="unexpected field"):
+        load_detector(tmp_path / "header.npz")
+    with pytest.raises(DetectorFileError, match="missing"):
+        load_detector(tmp_path / "absent.npz")
+
+
+def test_a_new_detector_kind_is_one_registered_class(tmp_path):
+    """What docs/methods.md shows: a kind registers itself, is fitted through LAOOD, saved and loaded by name."""
+    from sklearn.base import BaseEstimator, OutlierMixin
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    class Distance(OutlierMixin, BaseEstimator):
+        ARRAYS, SCALARS = ("center_",), ("offset_",)
+
+        def __init__(self, quantile: float = 0.99):
+            self.quantile = quantile
+
+        def fit(self, Z):
+            self.center_ = Z.mean(0)
+            self.offset_ = float(np.quantile(-np.linalg.norm(Z - self.center_, axis=1), 1 - self.quantile))
+            return self
+
+        def decision_function(self, Z):
+            return -np.linalg.norm(Z - self.center_, axis=1) - self.offset_
+
+    try:
+        @register_detector
+        class DistanceKind(DetectorKind):
+            name, estimator, help = "distance", Distance, "distance to the mean"
+
+            def fit(self, X, seed=0, **_):
+                scaler = StandardScaler().fit(X)
+                return Pipeline([("scale", scaler), (self.name, Distance().fit(scaler.transform(X)))]), {}
+
+        assert "distance" in list_detectors() and get_detector("distance").help
+        rng = np.random.default_rng(0)
+        la = LAOOD(detector="distance").fit([rng.normal(size=(200, 3)), rng.normal(size=(200, 5))], progress=False)
+        assert la.tag == "distance-seed0" and la.settings()["detector"] == "distance"
+        save_detector(tmp_path / "d.npz", la.detectors_[0], "distance")
+        far = rng.normal(size=(10, 3)) + 10
+        np.testing.assert_array_equal(ood_score(load_detector(tmp_path / "d.npz"), far), ood_score(la.detectors_[0], far))
+    finally:
+        _KINDS.pop("distance", None)
+
+
+def test_laood_settings_come_from_its_parameters():
+    la = LAOOD(detector="ocsvm-approx", n_components=64, calibration_size=100, seed=2, n_jobs=2)
+    assert la.get_params()["n_components"] == 64
+    assert la.tag == "ocsvm-approx-m64-cal100-seed2"
+    s = la.settings()
+    assert s["n_components"] == 64 and s["detector_version"] == get_detector("ocsvm-approx").version
+    assert "n_jobs" not in s and "cache_size" not in s               # runtime settings change no result
+    assert "n_components" not in LAOOD(detector="ocsvm").settings()    # a kind records only what it reads
+    assert LAOOD(detector="ocsvm", n_components=64).tag == "ocsvm-seed0"

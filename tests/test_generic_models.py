@@ -70,3 +70,15 @@ def test_bad_model_specs_are_clear():
         model_arg("resnet99")
     assert run_name("resnet56", None) == "resnet56"
     assert run_name("torchvision:resnet18", "blocks") != run_name("torchvision:resnet18", "convs")
+
+
+def test_generic_checkpoint_records_its_taps_and_head(tmp_path):
+    """A checkpoint saved from a tapped network carries its taps and head, so later stages need no --taps."""
+    from utils.io import save_checkpoint
+    net = create_model("torchvision:resnet18", 10, taps="layer4.*.conv2,fc", head="fc")
+    save_checkpoint(net, tmp_path / "t.pt")
+    again = load_model(tmp_path / "t.pt")
+    assert again.tap_names == net.tap_names and again.head_name == "net.fc"
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(net.eval()(x), again(x))
+    assert load_model(tmp_path / "t.pt", taps="blocks").num_taps == 8     # a flag still overrides it

@@ -198,3 +198,12 @@ def test_gram_matches_pytorch_ood_statistics():
     np.testing.assert_allclose(
         deviations([g[:, None, :]], [lo.numpy()[:, None, :]], [hi.numpy()[:, None, :]], np.arange(3))[:, 0],
         pood.Gram._deviation(g, lo, hi).numpy(), rtol=1e-10)
+
+
+def test_overview_averages_near_and_far_sets():
+    from utils.tables import overview
+    rows = [{"ood": o, "method": "m", "auroc": a} for o, a in
+            (("cifar100", 80.0), ("tiny", 90.0), ("dtd", 95.0), ("lsun", 97.0), ("pure_color", 99.0), ("combined", 1.0))]
+    (row,) = overview(rows)
+    assert row["near"] == 85.0 and row["far"] == 97.0 and row["mean"] == pytest.approx(92.2)
+    assert overview(rows, near=("dtd",))[0]["near"] == 95.0        # a set named near counts as near

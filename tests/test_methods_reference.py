@@ -95,3 +95,95 @@ def test_vim_equals_pytorch_ood(vgg16_features, monkeypatch):
     vim = pood.ViM(None, d=256, w=w, b=b).fit_features(train, labels)
     ref = vim.predict_features(_eval(inputs, "penultimate")).numpy()
     np.testing.assert_allclose(_ours(inputs, "ViM"), ref, rtol=1e-5)
+
+
+# The 2023-2025 methods run pytorch-ood's own implementations (utils/methods.py); each test computes the
+# paper's formula independently in float64 NumPy on the same real features and checks the registry entry
+# (that is, pytorch-ood wired to the saved features and head) gives the same scores.
+
+def _np_eval(inputs, key):
+    return np.concatenate([inputs.sets["test"][key], inputs.sets["dtd"][key]]).astype(np.float64)
+
+
+def test_fdbd_equals_its_formula(vgg16_features):
+    inputs, w, b = vgg16_features
+    W, B = w.double().numpy(), b.double().numpy()
+    z = _np_eval(inputs, "penultimate")
+    mu = inputs.train["penultimate"].astype(np.float64).mean(0)
+    logits = z @ W.T + B
+    pred = logits.argmax(1)
+    gaps = np.abs(logits - logits[np.arange(len(z)), pred][:, None])
+    norms = np.linalg.norm(W[pred][:, None, :] - W[None, :, :], axis=2)
+    norms[np.arange(len(z)), pred] = 1.0
+    expected = -(gaps / norms).sum(1) / ((W.shape[0] - 1) * np.linalg.norm(z - mu, axis=1))
+    np.testing.assert_allclose(_ours(inputs, "fDBD"), expected, rtol=1e-4)
+
+
+def test_rmds_equals_its_formula_and_ranks_as_pytorch_ood(vgg16_features):
+    """Relative Mahalanobis: min_k d_k(z) - d_0(z), here in float64 with pseudo-inverses. pytorch-ood's RMD
+    (float32, the centred outer products summed without dividing by N, ``inv`` with a 1e-6 ridge) gives the
+    same score times N up to its rounding: the ranking agrees."""
+    inputs, _, _ = vgg16_features
+    X, y = inputs.train["penultimate"].astype(np.float64), inputs.train["labels"]
+    z = _np_eval(inputs, "penultimate")
+    means = np.stack([X[y == c].mean(0) for c in range(10)])
+    centred = X - means[y]
+    prec = np.linalg.pinv(centred.T @ centred / len(X), hermitian=True)
+    mu0 = X.mean(0)
+    prec0 = np.linalg.pinv((X - mu0).T @ (X - mu0) / len(X), hermitian=True)
+    d_k = np.stack([np.einsum("nd,de,ne->n", z - m, prec, z - m) for m in means], 1)
+    d_0 = np.einsum("nd,de,ne->n", z - mu0, prec0, z - mu0)
+    expected = (d_k - d_0[:, None]).min(1)
+    np.testing.assert_allclose(_ours(inputs, "RMDS"), expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+    # pytorch-ood's RMD in float32 inverts covariances that the penultimate layer's dead units make singular: its
+    # scores then rank almost at random against the formula (rank correlation 0.43 measured). Its algorithm in
+    # float64 agrees.
+    float32 = pood.RMD(None).fit_features(*_train(inputs)).predict_features(_eval(inputs, "penultimate")).numpy()
+    assert spearmanr(expected, float32).statistic < 0.9
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        train, labels = _train(inputs)
+        ref = pood.RMD(None).fit_features(train.double(), labels).predict_features(
+            _eval(inputs, "penultimate").double()).numpy()
+    finally:
+        torch.set_default_dtype(default)
+    assert spearmanr(_ours(inputs, "RMDS"), ref).statistic > 0.999
+
+
+def test_scale_equals_its_formula(vgg16_features):
+    inputs, w, b = vgg16_features
+    z = _np_eval(inputs, "penultimate")
+    k = z.shape[1] - int(np.round(z.shape[1] * 0.85))
+    top = -np.sort(-z, axis=1)[:, :k].sum(1)
+    scaled = z * np.exp(z.sum(1) / top)[:, None]
+    logits = scaled @ w.double().numpy().T + b.double().numpy()
+    expected = -np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) - logits.max(1)
+    np.testing.assert_allclose(_ours(inputs, "SCALE"), expected, rtol=1e-6)
+
+
+def test_nci_equals_its_formula(vgg16_features):
+    inputs, w, b = vgg16_features
+    W = w.double().numpy()
+    z = _np_eval(inputs, "penultimate")
+    centred = z - inputs.train["penultimate"].astype(np.float64).mean(0)
+    wc = W[(z @ W.T + b.double().numpy()).argmax(1)]
+    # The paper's (h - mu_G) . w_c / ||h - mu_G||: the class vector's norm is not divided out (under neural
+    # collapse every class vector has the same norm).
+    expected = -(centred * wc).sum(1) / np.linalg.norm(centred, axis=1)
+    np.testing.assert_allclose(_ours(inputs, "NCI"), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_nnguide_equals_its_formula(vgg16_features):
+    inputs, w, b = vgg16_features
+    W, B = w.double().numpy(), b.double().numpy()
+    bank = methods.held_split(len(inputs.train["penultimate"]), 100, 0)[0]     # 1% of 2,000 < k: k rows
+    X = inputs.train["penultimate"][bank].astype(np.float64)
+    lse = lambda L: np.log(np.exp(L - L.max(1, keepdims=True)).sum(1)) + L.max(1)  # noqa: E731
+    unit = lambda A: A / np.linalg.norm(A, axis=1, keepdims=True)  # noqa: E731
+    scaled_bank = unit(X) * lse(X @ W.T + B)[:, None]
+    z = _np_eval(inputs, "penultimate")
+    sims = unit(z) @ scaled_bank.T
+    guidance = -np.sort(-sims, axis=1)[:, :100].mean(1)
+    expected = -guidance * lse(z @ W.T + B)
+    np.testing.assert_allclose(_ours(inputs, "NNGuide"), expected, rtol=1e-4)

@@ -116,8 +116,13 @@ def test_wrong_checkpoint_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(tmp_path / "nope.pt", "vgg16")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="could not be read"):
+    with pytest.raises(ValueError, match="could not be read safely") as err:
         load_model(tmp_path / "junk.pt", "vgg16")
+    assert "weights_only=False" not in str(err.value)            # never advise the unsafe load
+    torch.save({"state_dict": {}, "hook": _Marker()}, tmp_path / "objects.pt")   # an object torch refuses to unpickle
+    with pytest.raises(ValueError, match="never unpickled") as err:
+        load_model(tmp_path / "objects.pt", "vgg16")
+    assert "weights_only=False" not in str(err.value) and not _Marker.created
     save_checkpoint(create_model("resnet20"), tmp_path / "r20.pt")
     with pytest.raises(ValueError, match="holds a resnet20, but --model vgg16"):
         load_model(tmp_path / "r20.pt", "vgg16")
@@ -165,3 +170,10 @@ def test_densenet_dice_checkpoint_loads_with_its_normalisation():
     # A plain state dict gets its recipe's normalisation: CIFAR's for DenseNet-BC, ImageNet's for the others.
     assert load_model(CHECKPOINTS / "densenet100-cifar10-dice.pth.tar", "densenet100", 10).normalization.name == "cifar"
     assert create_model("vgg16").normalization.name == "imagenet"
+
+
+class _Marker:
+    created = False
+
+    def __setstate__(self, state):   # what unpickling would run
+        _Marker.created = True

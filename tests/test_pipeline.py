@@ -1,4 +1,5 @@
 """Stage scripts end to end on real data (small), reuse by content hash, and clear errors on bad input."""
+import csv
 import json
 import logging
 import shutil
@@ -46,7 +47,7 @@ def test_stages_write_what_the_next_reads(small_run):
     train = load_features(run, "train")
     assert len(train["layers"]) == 20 and train["layers"][0].shape == (600, 16)
     assert train["layers"][0].dtype == np.float32 and isinstance(train["layers"][0], np.memmap)
-    assert len(list(small_run["det"].glob("layer_*.joblib"))) == 20
+    assert len(list(small_run["det"].glob("layer_*.npz"))) == 20
     assert (small_run["det"] / "selection.csv").exists()
     rows = {r["ood"]: r for r in small_run["summary"] if r["method"] == "LA-OOD"}
     assert set(rows) == {"dtd", "pure_color", "combined"}
@@ -57,6 +58,11 @@ def test_stages_write_what_the_next_reads(small_run):
     assert len(per_set) == 1 + 20 + 2 and per_set[-1].startswith("LA-OOD")
     record = json.loads((res / "run.json").read_text())
     assert record["checkpoint_sha256"].startswith(run.parent.name.split("-")[1])
+    # The overview: AUROC per set with near (none here: dtd and pure_color are far), far and mean.
+    overview = {r["method"]: r for r in csv.DictReader(open(res / "overview.csv"))}
+    la = overview["LA-OOD"]
+    assert la["near"] == "" and float(la["far"]) == pytest.approx((rows["dtd"]["auroc"] + rows["pure_color"]["auroc"]) / 2)
+    assert "near = mean over none" in (res / "summary.md").read_text()
     assert "dtd" in record["sets"] and record["counts"]["test"] == 300
     assert not list(run.rglob("*.partial")) and not list(run.rglob("*.tmp"))
 
@@ -105,8 +111,8 @@ def test_bad_inputs(small_run, tmp_path):
     with pytest.raises(ValueError, match="fitted on features of another checkpoint"):
         detect(forged, forged / "detectors" / "ocsvm-seed0", ["dtd"])
     # A detector missing for a layer.
-    (forged / "detectors" / "ocsvm-seed0" / "layer_007.joblib").unlink()
-    with pytest.raises(FileNotFoundError, match="detector of layer 7 is missing"):
+    (forged / "detectors" / "ocsvm-seed0" / "layer_007.npz").unlink()
+    with pytest.raises(ValueError, match=r"layer_007.npz is missing; rebuild the detectors with train_ood_detectors"):
         load_detectors(forged / "detectors" / "ocsvm-seed0")
     # Unknown model or set names fail at parse time.
     for bad in (["--model", "vgg19"], ["--ind", "svhn"], ["--detector", "lof"]):
@@ -185,7 +191,8 @@ def test_every_method_is_in_the_tables(small_run):
     methods = {r["method"] for r in small_run["summary"] if r["ood"] == "dtd"}
     # Without --odin, ODIN is left out; without calibration, the calibrated LA-OOD variants are.
     assert methods == {"LA-OOD", "best layer (oracle)", "MSP", "Energy", "GEN", "ReAct", "ASH-S", "DICE", "ViM",
-                       "Mahalanobis", "Mahalanobis (all layers)", "Gram", "KNN"}
+                       "Mahalanobis", "Mahalanobis (all layers)", "Gram", "KNN", "fDBD", "RMDS", "SCALE", "NCI",
+                       "NNGuide"}
     gram = {r["ood"]: r["auroc"] for r in small_run["summary"] if r["method"] == "Gram"}
     assert gram["pure_color"] > 90                     # flat colours break every Gram bound
 
@@ -217,7 +224,7 @@ def test_auto_and_approximate_detectors_through_the_stages(small_run):
     fewer = train_ood_detectors.main(train_ood_detectors.get_args_parser().parse_args(
         common + model + flags[:5] + ["--detector", "ocsvm-approx", "--landmarks", "64"]))
     assert fewer.name == "ocsvm-approx-m64-seed0"
-    assert json.loads((fewer / "manifest.json").read_text())["settings"]["landmarks"] == 64
+    assert json.loads((fewer / "manifest.json").read_text())["settings"]["n_components"] == 64
     loaded = load_detectors(fewer)
     assert loaded.n_components == 64 and loaded.tag == fewer.name
     assert all(d[-1].components_.shape[0] == 64 for d in loaded.detectors_)

@@ -1,4 +1,5 @@
 """Training engine: batched augmentation, a real short run, exact resume, and torchrun with two processes."""
+import contextlib
 import csv
 import os
 import socket
@@ -12,7 +13,8 @@ import torch
 import train_backbone_model
 from conftest import DATA, ROOT, need
 from models import create_model, load_model
-from utils.engine import TrainConfig, crop_flip, fit
+import utils.engine as engine
+from utils.engine import TrainConfig, crop_flip, fit, resolve_amp
 
 
 def test_crop_flip_matches_padding_and_flipping():
@@ -115,3 +117,47 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert "world 2" in done.stderr                       # the stages log to stderr
     model = load_model(tmp_path / "ddp" / "final.pt")
     assert model.arch == "resnet20"
+
+
+def test_amp_auto_picks_bfloat16_only_where_the_cpu_has_it(monkeypatch, tmp_path, caplog):
+    """On a CPU without AVX512-BF16 or AMX, bfloat16 is emulated (5x slower there): auto must mean float32."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    assert resolve_amp(cpu, "auto")[0] == "off" and "float32" in resolve_amp(cpu, "auto")[1]
+    assert engine.autocast(cpu, "auto")[0] is contextlib.nullcontext
+    assert resolve_amp(cpu, "bf16")[0] == "bf16"                     # asked for explicitly: as asked
+    train, test = _tiny_data()
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, weight_decay=5e-4, max_batches=1)
+    with caplog.at_level("INFO", logger="utils.engine"):
+        fit(create_model("resnet20"), train, test, cfg, tmp_path / "a", cpu, progress=False)
+    assert "mixed precision: auto: float32 (the CPU has no native bfloat16" in caplog.text
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    assert resolve_amp(cpu, "auto")[0] == "bf16"
+
+
+def test_native_bf16_probe_reads_the_cpu_flags():
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    if flags:
+        assert engine.cpu_has_native_bf16() == bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    else:
+        assert isinstance(engine.cpu_has_native_bf16(), bool)
+
+
+def test_gpu_run_smoke(tmp_path):
+    """benchmarks/gpu_run.sh --smoke: every step of the GPU run, on the CPU at a tiny size, ends well and leaves
+    the checkpoint, timing table, logs and environment files in $OUT."""
+    need(DATA)
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_run.sh"), "--smoke"], cwd=ROOT,
+                          env={**os.environ, "OUT": str(out)}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    timings = (out / "timings.md").read_text()
+    for step in ("train", "eval", "export", "speed", "features-vgg16", "features-resnet34", "features-densenet100",
+                 "detectors", "detect", "score-speed"):
+        assert f"| {step} |" in timings
+    assert "FAILED" not in timings and "feature extraction" in timings
+    half = load_model(out / "resnet34-cifar10-onecycle1-fp16.pt")
+    assert half.arch == "resnet34" and (out / "resnet34-cifar10-onecycle1-log.csv").exists()
+    assert torch.load(out / "resnet34-cifar10-onecycle1-fp16.pt", weights_only=True)["state_dict"]["linear.weight"].dtype \
+        == torch.float16
+    assert (out / "nvidia-smi.txt").exists() and "torch" in (out / "packages.txt").read_text()

@@ -1,32 +1,16 @@
-"""Flags shared by every stage script, so the same thing has the same name everywhere."""
+"""Flags shared by every stage script, so the same thing has the same name everywhere (what they start at run
+time, devices, Dask, the run directory, lives in utils/runtime.py)."""
 import argparse
-import contextlib
-import logging
-import sys
 from pathlib import Path
 
-import torch
+from models import list_models, parse_normalization
 
-from models import list_models, parse_normalization, read_checkpoint
-from models.generic import run_name
-
-from .data import IND_SETS, OOD_SETS, check_name
-from .detectors import APPROX_LANDMARKS, AUTO_EXACT_MAX, DETECTORS, GAMMA_GRIDS, GAMMAS, LAOOD, NU, resolve_detector
+from .data import IND_SETS, NEAR_OODS, OOD_SETS, check_name
+from .detectors import APPROX_LANDMARKS, AUTO_EXACT_MAX, NU, detector_choices, get_detector, list_detectors
 from .engine import TrainConfig
 from .generate import MAX_OOD, DataConfig
-from .io import read_json, sha256_file
 from .methods import list_methods
-from .paths import MANIFEST, Layout
-
-
-def run_script(main, get_args_parser) -> None:
-    """A stage script's entry point: progress as log lines on stderr, and bad input ends with one clear
-    line instead of a traceback. (Library callers configure ``logging`` as they like: the stages only log.)"""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+from .paths import Layout
 
 
 def positive_int(text: str) -> int:
@@ -132,29 +116,14 @@ def layout(args) -> Layout:
     return Layout(data_root=args.data_root, runs_root=getattr(args, "runs_root", Layout.runs_root))
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"--device {name!r} is not a device name (try auto, cpu, cuda, mps)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
-    return device
-
-
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("detectors")
-    g.add_argument("--detector", default="ocsvm", choices=DETECTORS,
-                   help="per-layer detector: ocsvm (exact, as the original), ocsvm-approx (Nystroem + SGD, linear in "
-                        f"n), iforest, or auto (ocsvm up to {AUTO_EXACT_MAX:,} fitting images, ocsvm-approx above)")
+    kinds = "; ".join(f"{name}: {get_detector(name).help}" for name in list_detectors())
+    g.add_argument("--detector", default=list_detectors()[0], choices=detector_choices(),
+                   help=f"per-layer detector ({kinds}; auto: the exact One-Class SVM up to {AUTO_EXACT_MAX:,} "
+                        f"fitting images, the approximate one above)")
     g.add_argument("--gammas", type=float, nargs="+", default=None,
-                   help="One-Class SVM gamma grid (default: the original's; wider for densenet100)")
+                   help="One-Class SVM gamma grid (default: the model recipe's, the original's for most)")
     g.add_argument("--nu", type=float, default=NU, help="One-Class SVM nu")
     g.add_argument("--landmarks", type=positive_int, default=APPROX_LANDMARKS,
                    help=f"ocsvm-approx: Nystroem landmarks per layer (more: closer to the exact SVM, slower; "
@@ -178,59 +147,6 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
                         "instead of scikit-learn; default: scikit-learn")
     g.add_argument("--exit-threshold", type=float, default=0.99, help="early exit: calibrated OOD probability to exceed")
     g.add_argument("--exit-k", type=int, default=2, help="early exit: layers at which it must be exceeded")
-
-
-def la_ood(args, arch: str, run: Path) -> LAOOD:
-    """The detector stage the flags ask for; ``--detector auto`` is resolved by the size of ``run``'s train
-    features (which must exist by then), and the choice logged and kept in ``LAOOD.choice``."""
-    gammas = tuple(args.gammas) if args.gammas else GAMMA_GRIDS.get(arch, GAMMAS)
-    detector, choice = args.detector, f"{args.detector} (asked for)"
-    if detector == "auto":
-        manifest = read_json(Layout.features(run, "train") / MANIFEST)
-        if manifest is None:
-            raise FileNotFoundError(f"--detector auto needs the train features of {run} to know their size; "
-                                    f"run save_inter_outputs.py first")
-        detector, choice = resolve_detector("auto", manifest["count"] - args.calibration_size)
-        logging.getLogger("detectors").info(f"--detector {choice}")
-    return LAOOD(detector=detector, gammas=gammas, nu=args.nu, seed=args.seed, select_size=args.select_size,
-                 prune=not args.no_prune, n_jobs=args.jobs, calibration_size=args.calibration_size,
-                 backend="dask" if (args.dask_scheduler or args.dask_local) else None, choice=choice,
-                 n_components=args.landmarks)
-
-
-@contextlib.contextmanager
-def dask_cluster(args):
-    """Connects to ``--dask-scheduler`` or starts ``--dask-local N`` workers for the duration of a stage;
-    does nothing without those flags. joblib's Dask backend then sends the layer fits to the workers."""
-    if not (args.dask_scheduler or args.dask_local):
-        yield None
-        return
-    try:
-        from dask.distributed import Client, LocalCluster
-    except ImportError as e:
-        raise RuntimeError("--dask-scheduler / --dask-local need Dask: pip install 'dask[distributed]'") from e
-    if args.dask_scheduler:
-        with Client(args.dask_scheduler, timeout="30s") as client:
-            logging.getLogger("detectors").info(f"layer fits on the Dask cluster at {args.dask_scheduler} "
-                                                f"({len(client.scheduler_info()['workers'])} workers)")
-            yield client
-    else:
-        with LocalCluster(n_workers=args.dask_local, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            logging.getLogger("detectors").info(f"layer fits on a local Dask cluster of {args.dask_local} workers")
-            yield client
-
-
-def locate_run(args):
-    """``(run directory, architecture, checkpoint sha256)`` of the checkpoint and data flags."""
-    arch = read_checkpoint(args.checkpoint).arch or args.model
-    if arch is None:
-        raise ValueError(f"checkpoint {args.checkpoint} does not name its architecture; pass --model")
-    if args.model and arch != args.model:
-        raise ValueError(f"checkpoint {args.checkpoint} holds a {arch}, but --model {args.model} was asked for")
-    sha = sha256_file(args.checkpoint)
-    name = run_name(arch, getattr(args, "taps", None))
-    return layout(args).run(args.ind, name, sha, data_config(args).tag, getattr(args, "precision", "fp32")), arch, sha
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
@@ -275,3 +191,6 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
                         metavar="METHOD",
                         help="scoring methods in the tables (default: every registered one whose inputs exist: "
                              f"{', '.join(list_methods())}); LA-OOD's per-layer tables are always written")
+    parser.add_argument("--near", nargs="+", default=list(NEAR_OODS), metavar="SET",
+                        help="OOD sets averaged as near-OOD in the overview (others count as far); default: "
+                             f"{' '.join(NEAR_OODS)} (an --extra-ood set named here counts as near too)")

@@ -23,7 +23,11 @@ from .paths import IND_SPLITS
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 IND_SETS = ("cifar10", "cifar100")
-OOD_SETS = ("lsun", "tiny", "svhn", "dtd", "pure_color", "cifar10", "cifar100")
+# The original's OOD sets, then the CIFAR sets (each the other's OOD set): the one list, in the paper's order.
+ORIGINAL_OODS = ("lsun", "tiny", "svhn", "dtd", "pure_color")
+OOD_SETS = ORIGINAL_OODS + IND_SETS
+# Near-OOD: natural images of classes close to CIFAR's (as OpenOOD v1.5 groups them); the others are far-OOD.
+NEAR_OODS = ("cifar10", "cifar100", "tiny")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 SIZE = 32
 
@@ -401,7 +405,10 @@ def to_input(images, device=None, dtype=None, normalization: Optional[Normalizat
     """
     import torch
     norm = normalization or PRESETS["imagenet"]
-    x = torch.as_tensor(np.array(images, copy=True)).to(device, non_blocking=True)  # mmap arrays are read-only
+    if isinstance(images, torch.Tensor):
+        x = images.to(device, non_blocking=True)
+    else:
+        x = torch.as_tensor(np.array(images, copy=True)).to(device, non_blocking=True)  # mmap arrays are read-only
     x = x.permute(0, 3, 1, 2).to(dtype or torch.float32).div_(255)
     mean = torch.tensor(norm.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(norm.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)

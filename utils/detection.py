@@ -17,15 +17,16 @@ import torch
 from models import create_model
 
 from . import plots
-from .data import variant
+from .data import NEAR_OODS, variant
 from .detectors import LAOOD, early_exit, exit_cost
 from .features import load_features, load_head
 from .fitting import load_detectors, train_detectors
 from .io import StagingDir, format_table, read_json, save_npy, write_csv, write_json, write_text
 from .methods import Inputs, get_method, list_methods, score_methods
-from .paths import (ARGMAX_PLOT, EARLY_EXIT, HISTOGRAM_PLOT, MANIFEST, PER_LAYER_PLOT, RUN_RECORD, SPREAD_CSV,
+from .paths import (ARGMAX_PLOT, EARLY_EXIT, HISTOGRAM_PLOT, MANIFEST, OVERVIEW_CSV, PER_LAYER_PLOT, RUN_RECORD,
+                    SPREAD_CSV,
                     SPREAD_MD, SUMMARY_CSV, SUMMARY_MD, Layout, roc_plot, scores_file, set_table)
-from .tables import comparisons, layer_table, method_row, oracle_row, pick_ood, spread_over_seeds
+from .tables import comparisons, layer_table, method_row, oracle_row, overview, pick_ood, spread_over_seeds
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def exit_table(inputs: Inputs, arch: str, num_classes: int, taps: Optional[str] 
 def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_jobs: int = 1,
            methods: Optional[Sequence[str]] = None, exit_threshold: float = 0.99, exit_k: int = 2,
            record: Optional[Dict] = None, cache: Optional[Dict] = None, backend: Optional[str] = None,
-           score_device: Optional[str] = None) -> List[Dict]:
+           score_device: Optional[str] = None, near: Sequence[str] = NEAR_OODS) -> List[Dict]:
     """Score the test split and every OOD set; write per-set tables, the summary, figures and a run record.
 
     The summary has one row per OOD set and method: every registered scoring method in ``methods``
@@ -53,7 +54,8 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
     all on the same balanced comparisons. Scores of methods that do not use the detectors do not depend
     on them: a ``cache`` dict passed to several calls computes them once. ``backend``: joblib's backend for
     the per-layer scoring (e.g. ``"dask"``); ``score_device``: score One-Class SVM layers with torch on that
-    device instead (see :meth:`LAOOD.score_layers`).
+    device instead (see :meth:`LAOOD.score_layers`). ``near``: the sets averaged as near-OOD in the overview
+    (``overview.csv`` and the head of ``summary.md``: AUROC per set with near, far and mean).
     """
     start = time.time()
     test = load_features(run, "test")
@@ -95,7 +97,7 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
         "normalization": test["manifest"]["settings"].get("normalization"), "variants": set_variants(sets),
         "counts": {n: len(f["logits"]) for n, f in sets.items()},
         "detector_settings": read_json(Path(det_dir) / MANIFEST)["settings"], "methods": list(scores),
-        "early_exit": {"threshold": exit_threshold, "k": exit_k},
+        "early_exit": {"threshold": exit_threshold, "k": exit_k}, "near": [n for n in ood_names if n in near],
         "detect_seconds": time.time() - start, "versions": package_versions(), **(record or {})}
     with StagingDir(out, settings) as tmp:
         for name, rows in tables.items():
@@ -106,7 +108,12 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
             fs = test["manifest"]["settings"]
             write_csv(tmp / EARLY_EXIT, exit_table(inputs, fs["arch"], test["logits"].shape[1], fs.get("tap_spec")))
         write_csv(tmp / SUMMARY_CSV, summary)
-        write_text(tmp / SUMMARY_MD, format_table(summary) + notes_text(run_record["variants"]))
+        table = overview(summary, near)
+        write_csv(tmp / OVERVIEW_CSV, table)
+        near_sets = ", ".join(n for n in ood_names if n in near) or "none"
+        write_text(tmp / SUMMARY_MD, f"AUROC; near = mean over {near_sets}, far = mean over the other sets, mean = "
+                                     f"over all (combined left out)\n\n{format_table(table)}\nEvery metric:\n\n"
+                                     + format_table(summary) + notes_text(run_record["variants"]))
         write_json(tmp / RUN_RECORD, run_record)
     try:
         _plot(out, tables, layer_scores, scores, ood_names, pairs)
@@ -139,7 +146,7 @@ def repeat_over_seeds(run: Path, make_laood: Callable[[int], LAOOD], seeds: Sequ
         la = make_laood(seed)
         per_seed[seed] = detect(run, train_detectors(run, la), ood_names, seed=seed, cache=cache, **detect_kwargs)
     rows = spread_over_seeds(per_seed)
-    out = Layout.results(run, Layout.seeds_tag(la.detector, seeds, la.calibration_size))
+    out = Layout.results(run, Layout.seeds_tag(la.kind.tag(la.get_params()), seeds, la.calibration_size))
     with StagingDir(out, {"seeds": list(seeds), "detector_tag": la.tag}) as tmp:
         write_csv(tmp / SPREAD_CSV, rows)
         write_text(tmp / SPREAD_MD, format_table(rows))

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
-import joblib
 import numpy as np
 
-from .detectors import APPROX_LANDMARKS, LAOOD, TAIL_LEVEL, Calibration
+from .detectors import LAOOD, TAIL_LEVEL, Calibration, load_detector, save_detector
 from .features import load_features
 from .io import StagingDir, is_complete, read_json, save_npy, write_csv, write_json
 from .paths import CALIBRATION, CALIBRATION_HELD, MANIFEST, SELECTION, Layout, layer_file
@@ -20,22 +19,20 @@ from .paths import CALIBRATION, CALIBRATION_HELD, MANIFEST, SELECTION, Layout, l
 log = logging.getLogger(__name__)
 
 CALIBRATION_FORMAT = 2   # 2: the held-back indices are stored beside the statistics
-APPROX_SELECTION = 2     # ocsvm-approx's gamma criterion; 2: 1 - AUROC of pseudo-inliers against pseudo-outliers
+REBUILD = "train_ood_detectors.py (same flags) --force"
 
 
 def detector_settings(checkpoint_sha: str, la: LAOOD, n_train: int) -> Dict:
-    settings = {"checkpoint_sha256": checkpoint_sha, "detector": la.detector, "gammas": list(la.gammas),
-                "nu": la.nu, "seed": la.seed, "select_size": la.select_size, "prune": la.prune, "n_train": n_train,
-                "calibration_size": la.calibration_size}
-    if la.detector == "ocsvm-approx":   # the landmarks, and the selection criterion (ranking since v2)
-        settings.update(landmarks=la.n_components, approx_selection=APPROX_SELECTION)
-    if la.calibration_size:   # calibrations written in an older format are refitted, not trusted
+    """The manifest's settings: the estimator's own (``LAOOD.settings``), the features' checkpoint and size, and
+    the calibration's format; detectors whose manifest differs (an older version or file format) are refitted."""
+    settings = {"checkpoint_sha256": checkpoint_sha, "n_train": n_train, **la.settings()}
+    if la.calibration_size:
         settings.update(tail_level=TAIL_LEVEL, calibration_format=CALIBRATION_FORMAT)
     return settings
 
 
 def train_detectors(run: Path, la: LAOOD, force: bool = False) -> Path:
-    """Fit ``la`` on the run's in-distribution train features and save one pickle per layer."""
+    """Fit ``la`` on the run's in-distribution train features and save one ``.npz`` per layer (no pickle)."""
     train = load_features(run, "train")
     sha = train["manifest"]["settings"]["checkpoint_sha256"]
     settings = detector_settings(sha, la, len(train["logits"]))
@@ -52,7 +49,7 @@ def train_detectors(run: Path, la: LAOOD, force: bool = False) -> Path:
     info = {"layers": len(la.detectors_), "fit_seconds": seconds, "detector_choice": la.choice or la.detector}
     with StagingDir(out, settings, info) as tmp:
         for i, det in enumerate(la.detectors_):
-            joblib.dump(det, tmp / layer_file(i, "joblib"))
+            save_detector(tmp / layer_file(i, "npz"), det, la.detector)
         if la.calibration_ is not None:
             save_calibration(tmp, la.calibration_)
     try:
@@ -88,21 +85,20 @@ def load_calibration(directory: Path) -> Optional[Calibration]:
 
 
 def load_detectors(directory: Path, expect_sha: Optional[str] = None) -> LAOOD:
-    """The fitted per-layer detectors of a directory written by :func:`train_detectors`."""
+    """The fitted per-layer detectors of a directory written by :func:`train_detectors`. Their files hold arrays
+    and JSON only; loading them never executes code (detectors of older versions, pickled, are not read)."""
     manifest = read_json(Path(directory) / MANIFEST)
     if manifest is None:
         raise FileNotFoundError(f"no trained detectors in {directory}; run train_ood_detectors.py first")
     s = manifest["settings"]
+    if "file_format" not in s:
+        raise ValueError(f"detectors in {directory} were written by an older version (pickled files, which are not "
+                         f"loaded); refit them with {REBUILD}")
     if expect_sha and s["checkpoint_sha256"] != expect_sha:
         raise ValueError(f"detectors in {directory} were fitted on features of another checkpoint "
                          f"({s['checkpoint_sha256'][:8]}, expected {expect_sha[:8]}); retrain them")
-    la = LAOOD(detector=s["detector"], gammas=s["gammas"], nu=s["nu"], seed=s["seed"],
-               select_size=s["select_size"], prune=s["prune"], calibration_size=s.get("calibration_size", 0),
-               n_components=s.get("landmarks", APPROX_LANDMARKS))
+    names = LAOOD().get_params()
+    la = LAOOD(**{k: (tuple(v) if k == "gammas" else v) for k, v in s.items() if k in names})
     la.calibration_ = load_calibration(directory)
-    for i in range(manifest["layers"]):
-        path = Path(directory) / layer_file(i, "joblib")
-        if not path.exists():
-            raise FileNotFoundError(f"detector of layer {i} is missing ({path}); retrain with --force")
-        la.detectors_.append(joblib.load(path))
+    la.detectors_ = [load_detector(Path(directory) / layer_file(i, "npz"), REBUILD) for i in range(manifest["layers"])]
     return la

@@ -6,8 +6,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .data import (IND_SETS, NUM_CLASSES, OOD_SETS, SIZE, download_source, find_source, folder_source,
-                   pure_color_source, split_prefix, subset_indices, subset_source, variant, write_subset)
+from .data import (IND_SETS, NUM_CLASSES, OOD_SETS, ORIGINAL_OODS, SIZE, download_source, find_source,
+                   folder_source, pure_color_source, split_prefix, subset_indices, subset_source, variant, write_subset)
 from .io import StagingDir, is_complete, read_json
 from .paths import IMAGES, IND_SPLITS, LABELS, MANIFEST, Layout, data_tag
 
@@ -18,7 +18,7 @@ MAX_OOD = 10000   # an OOD set larger than this is cut to a seeded random 10,000
 
 def default_oods(ind: str) -> List[str]:
     """The original's five OOD sets plus the other CIFAR."""
-    return ["lsun", "tiny", "svhn", "dtd", "pure_color"] + [s for s in IND_SETS if s != ind]
+    return list(ORIGINAL_OODS) + [s for s in IND_SETS if s != ind]
 
 
 @dataclass

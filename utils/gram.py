@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .io import atomic_path
+from .splits import held_split
 
 POLES = tuple(range(1, 11))
 HELD_FRACTION = 0.1
@@ -102,4 +103,4 @@ class GramBounds:
 
 def held_back(n: int, seed: int) -> np.ndarray:
     """The seeded train indices held back from the bounds to measure the expected deviation."""
-    return np.sort(np.random.default_rng(seed).permutation(n)[:max(1, int(HELD_FRACTION * n))])
+    return held_split(n, max(1, int(HELD_FRACTION * n)), seed)[0]

@@ -64,11 +64,23 @@ def save_torch(path, obj: Any) -> None:
 
 
 def save_checkpoint(model, path, **extra) -> None:
-    """Write ``{'arch', 'num_classes', 'normalization', 'state_dict', **extra}``: everything needed to
-    rebuild the model and feed it (:func:`models.load_model` reads it back)."""
+    """Write ``{'arch', 'num_classes', 'normalization', 'state_dict', ['taps', 'head'], **extra}``: everything
+    needed to rebuild the model and feed it (:func:`models.load_model` reads it back)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tapped = {}
+    if getattr(model, "taps", None) is not None:     # a torchvision:/timm:/module: network: how it was tapped
+        tapped = {"taps": model.taps, "head": model.head_name[len("net."):]}
     save_torch(path, {"arch": model.arch, "num_classes": model.num_classes,
-                      "normalization": model.normalization.as_dict(), "state_dict": state, **extra})
+                      "normalization": model.normalization.as_dict(), "state_dict": state, **tapped, **extra})
+
+
+def export_half(src, dst) -> None:
+    """Write checkpoint ``src`` again as ``dst`` with its floating tensors in float16 (half the size; they load
+    into a float32 model, see ``models.load_model``)."""
+    obj = torch.load(src, map_location="cpu", weights_only=True)
+    state = obj.get("state_dict", obj)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    save_torch(dst, {**obj, "state_dict": half} if "state_dict" in obj else half)
 
 
 def columns(rows: Iterable[Dict[str, Any]]) -> List[str]:

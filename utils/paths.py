@@ -1,26 +1,15 @@
-"""The one place that knows where every artifact lives.
+"""The one place that knows where every artifact lives (the layout is drawn in docs/stages.md#artifact-layout).
 
-    data/generated/<ind>/<data tag>/<set>/            images.npy (N,32,32,3 uint8), labels.npy, manifest.json
-    runs/<ind>/<model>-<ckpt sha[:8]>[-bf16]/<data tag>/
-        features/<set>/                               layer_000.npy ... (N, width float32), logits.npy,
-                                                      penultimate.npy, labels.npy, [odin.npy, gram.npy,]
-                                                      [train: gram_bounds.npz,] manifest.json
-        features/head.npz                             the classifier head (weight, bias) the features feed
-        detectors/<detector>[-cal<n>]-seed<s>/        layer_000.joblib ..., selection.csv, [calibration.json,
-                                                      calibration_held.npy,] manifest.json
-        results/<detector>[-cal<n>]-seed<s>/          <ood set>.csv, summary.csv, summary.md, run.json, *.png,
-                                                      scores/<set>.npy, [early_exit.csv,] manifest.json
-        results/<detector>[-cal<n>]-seeds<a>-<b>.../  spread.csv, spread.md, manifest.json
-    checkpoints/<ind>-<model>-<schedule>/             final.pt, state.pt, [best.pt, epoch_XXX.pt,] log.csv
-    results/paper_table.{md,csv}                      collect_results.py: the paper-style table of several runs
-
-``<set>`` is ``train`` and ``test`` for the in-distribution splits and the OOD set's name otherwise.
-The data tag names the subset sizes and seed, and the checkpoint's content hash names the run, so
-features of one checkpoint or setting are never read for another.
+Images under ``data/generated/<ind>/<data tag>/<set>/``; features, detectors and results under
+``runs/<ind>/<model>-<ckpt sha[:8]>[-bf16]/<data tag>/{features,detectors,results}/``; training runs under
+``checkpoints/<ind>-<model>-<schedule>/``. ``<set>`` is ``train`` and ``test`` for the in-distribution splits
+and the OOD set's name otherwise. The data tag names the subset sizes and seed, and the checkpoint's content
+hash names the run, so features of one checkpoint or setting are never read for another.
 """
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 IND_SPLITS = ("train", "test")
 MANIFEST = "manifest.json"
@@ -34,6 +23,7 @@ HEAD = "head.npz"
 SELECTION, CALIBRATION, CALIBRATION_HELD = "selection.csv", "calibration.json", "calibration_held.npy"
 # Files inside a results directory.
 SUMMARY_CSV, SUMMARY_MD, RUN_RECORD, EARLY_EXIT = "summary.csv", "summary.md", "run.json", "early_exit.csv"
+OVERVIEW_CSV = "overview.csv"     # AUROC per method and set, with near, far and mean
 SPREAD_CSV, SPREAD_MD = "spread.csv", "spread.md"
 PER_LAYER_PLOT, ARGMAX_PLOT, HISTOGRAM_PLOT = "per_layer_auroc.png", "argmax_counts.png", "histograms.png"
 # Files of a training run.
@@ -85,6 +75,15 @@ class Layout:
         (``vgg16-ce8d1176-bf16``), so both can be compared and neither is ever read for the other."""
         suffix = "" if precision == "fp32" else f"-{precision}"
         return Path(self.runs_root) / ind / f"{model}-{ckpt_sha[:8]}{suffix}" / tag
+
+    def runs_of(self, ind: str, model: str, tag: str, precision: str = "fp32") -> List[Path]:
+        """The runs of every checkpoint of ``model`` with data tag ``tag`` and feature ``precision`` (sorted)."""
+        suffix = "" if precision == "fp32" else f"-{precision}"
+        name = re.compile(rf"{re.escape(model)}-[0-9a-f]{{8}}{re.escape(suffix)}")
+        root = Path(self.runs_root) / ind
+        if not root.is_dir():
+            return []
+        return sorted(d / tag for d in root.iterdir() if name.fullmatch(d.name) and (d / tag).is_dir())
 
     def training(self, ind: str, model: str, schedule: str) -> Path:
         """Where ``train_backbone_model.py`` writes its checkpoints and log by default."""

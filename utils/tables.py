@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .data import NEAR_OODS, OOD_SETS
 from .metrics import METRICS, ood_metrics
 
 ORACLE = "best layer (oracle)"
@@ -74,7 +75,7 @@ def spread_over_seeds(per_seed: Dict[int, List[Dict]]) -> List[Dict]:
     return out
 
 
-PAPER_SETS = ("lsun", "tiny", "svhn", "dtd", "pure_color", "cifar10", "cifar100")
+PAPER_SETS = OOD_SETS
 
 
 def paper_table(runs: Dict[str, Tuple[List[Dict], Dict[str, str]]]) -> List[Dict]:
@@ -94,3 +95,23 @@ def paper_table(runs: Dict[str, Tuple[List[Dict], Dict[str, str]]]) -> List[Dict
                 row[col] = by[(s, method)]["auroc"] if (s, method) in by else None
             out.append(row)
     return out
+
+
+def overview(summary: List[Dict], near: Sequence[str] = NEAR_OODS, metric: str = "auroc") -> List[Dict]:
+    """One row per method: ``metric`` on every OOD set, then ``near`` (the mean over the near-OOD sets present),
+    ``far`` (over the others) and ``mean`` (over all), the ``combined`` comparison left out."""
+    by: Dict[str, Dict[str, float]] = {}
+    for r in summary:
+        if r["ood"] != "combined":
+            by.setdefault(r["method"], {})[r["ood"]] = r[metric]
+    rows = []
+    for method, values in by.items():
+        sets = list(values)
+        near_sets = [s for s in sets if s in near]
+        far_sets = [s for s in sets if s not in near]
+        row = {"method": method, **values}
+        row["near"] = float(np.mean([values[s] for s in near_sets])) if near_sets else None
+        row["far"] = float(np.mean([values[s] for s in far_sets])) if far_sets else None
+        row["mean"] = float(np.mean(list(values.values())))
+        rows.append(row)
+    return rows

@@ -6,17 +6,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 from sklearn.pipeline import Pipeline
-from sklearn.svm import OneClassSVM
+
+from .detectors import KernelOneClassSVM
 
 
 class OCSVMDecision(nn.Module):
     """The One-Class SVM decision value without its offset, in torch: ``sum_j alpha_j k(z, s_j)``.
 
-    Equals scikit-learn's ``decision_function(z) + offset_`` on standardised inputs ``z``; all
+    Equals the detector's ``decision_function(z) + offset_`` on standardised inputs ``z``; all
     support vectors in one batched kernel computation, differentiable in ``z``.
     """
 
-    def __init__(self, svm: OneClassSVM, dtype: torch.dtype = torch.float32):
+    def __init__(self, svm: KernelOneClassSVM, dtype: torch.dtype = torch.float32):
         super().__init__()
         if not is_rbf_svm(svm):
             raise ValueError(f"the torch decision function (co-training, --score-device) needs RBF One-Class SVM "
@@ -24,7 +25,7 @@ class OCSVMDecision(nn.Module):
         self.register_buffer("sv", torch.as_tensor(svm.support_vectors_, dtype=dtype))
         self.register_buffer("alpha", torch.as_tensor(svm.dual_coef_.ravel(), dtype=dtype))
         self.register_buffer("sv_sq", self.sv.pow(2).sum(1))
-        self.gamma = float(svm._gamma)
+        self.gamma = float(svm.gamma)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = z.to(self.sv.dtype)
@@ -32,9 +33,8 @@ class OCSVMDecision(nn.Module):
         return torch.exp(-self.gamma * d2) @ self.alpha
 
 
-
 def is_rbf_svm(est) -> bool:
-    return isinstance(est, OneClassSVM) and est.kernel == "rbf"
+    return isinstance(est, KernelOneClassSVM)
 
 
 @torch.no_grad()
@@ -53,5 +53,5 @@ def torch_ood_score(pipeline: Pipeline, X: np.ndarray, device: torch.device, dty
     out = np.empty(len(X), dtype=np.float64)
     for s in range(0, len(X), batch):
         x = torch.tensor(np.asarray(X[s:s + batch]), dtype=dtype, device=device)   # a copy: X may be a read-only map
-        out[s:s + batch] = (float(svm.offset_[0]) - kernel((x - mean) / scale)).double().cpu().numpy()
+        out[s:s + batch] = (float(svm.offset_) - kernel((x - mean) / scale)).double().cpu().numpy()
     return out

@@ -1,0 +1,97 @@
+"""What a stage starts at run time: its entry point, the device, a Dask cluster, the run directory of a checkpoint,
+and the detector stage its flags ask for (utils/cli.py holds the flags themselves)."""
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from models import get_recipe, read_checkpoint
+from models.generic import run_name
+
+from .cli import data_config, layout
+from .detectors import GAMMAS, LAOOD, resolve_detector
+from .io import read_json, sha256_file
+from .paths import MANIFEST, Layout
+
+
+def run_script(main, get_args_parser) -> None:
+    """A stage script's entry point: progress as log lines on stderr, and bad input ends with one clear
+    line instead of a traceback. (Library callers configure ``logging`` as they like: the stages only log.)"""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        main(get_args_parser().parse_args())
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a device name (try auto, cpu, cuda, mps)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
+    return device
+
+
+def la_ood(args, arch: str, run: Path) -> LAOOD:
+    """The detector stage the flags ask for; ``--detector auto`` is resolved by the size of ``run``'s train
+    features (which must exist by then), and the choice logged and kept in ``LAOOD.choice``."""
+    gammas = tuple(args.gammas or get_recipe(arch).get("gammas", GAMMAS))
+    detector, choice = args.detector, f"{args.detector} (asked for)"
+    if detector == "auto":
+        manifest = read_json(Layout.features(run, "train") / MANIFEST)
+        if manifest is None:
+            raise FileNotFoundError(f"--detector auto needs the train features of {run} to know their size; "
+                                    f"run save_inter_outputs.py first")
+        detector, choice = resolve_detector("auto", manifest["count"] - args.calibration_size)
+        logging.getLogger("detectors").info(f"--detector {choice}")
+    la = LAOOD(detector=detector, gammas=gammas, nu=args.nu, seed=args.seed, select_size=args.select_size,
+               prune=not args.no_prune, n_components=args.landmarks, calibration_size=args.calibration_size,
+               n_jobs=args.jobs, backend="dask" if (args.dask_scheduler or args.dask_local) else None)
+    la.choice = choice
+    return la
+
+
+@contextlib.contextmanager
+def dask_cluster(args):
+    """Connects to ``--dask-scheduler`` or starts ``--dask-local N`` workers for the duration of a stage;
+    does nothing without those flags. joblib's Dask backend then sends the layer fits to the workers."""
+    if not (args.dask_scheduler or args.dask_local):
+        yield None
+        return
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as e:
+        raise RuntimeError("--dask-scheduler / --dask-local need Dask: pip install 'dask[distributed]'") from e
+    if args.dask_scheduler:
+        with Client(args.dask_scheduler, timeout="30s") as client:
+            logging.getLogger("detectors").info(f"layer fits on the Dask cluster at {args.dask_scheduler} "
+                                                f"({len(client.scheduler_info()['workers'])} workers)")
+            yield client
+    else:
+        with LocalCluster(n_workers=args.dask_local, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            logging.getLogger("detectors").info(f"layer fits on a local Dask cluster of {args.dask_local} workers")
+            yield client
+
+
+def locate_run(args):
+    """``(run directory, architecture, checkpoint sha256)`` of the checkpoint and data flags."""
+    saved = read_checkpoint(args.checkpoint)
+    arch = saved.arch or args.model
+    if arch is None:
+        raise ValueError(f"checkpoint {args.checkpoint} does not name its architecture; pass --model")
+    if args.model and arch != args.model:
+        raise ValueError(f"checkpoint {args.checkpoint} holds a {arch}, but --model {args.model} was asked for")
+    sha = sha256_file(args.checkpoint)
+    name = run_name(arch, getattr(args, "taps", None) or saved.taps)
+    return layout(args).run(args.ind, name, sha, data_config(args).tag, getattr(args, "precision", "fp32")), arch, sha
