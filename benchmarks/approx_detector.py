@@ -36,6 +36,8 @@ def main():
                    help="landmark counts of the approximation to compare (default: 512 1024 2048)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset, the split and the evaluation")
     p.add_argument("--jobs", type=int, default=2, help="layers fitted in parallel")
+    p.add_argument("--select-size", type=int, default=None,
+                   help="the approximation's gamma subsample (default: the detector's, APPROX_SELECT_SIZE)")
     args = p.parse_args()
     run, train, test, oods = find_run(args.checkpoint, args.runs_root, args.ind)
     n = len(train["logits"])
@@ -43,7 +45,8 @@ def main():
     layers = [np.asarray(X[idx]) for X in train["layers"]]
     print(f"features: {run}; {len(idx)} train features, {len(layers)} layers; OOD sets: {', '.join(oods)}\n")
     variants = {EXACT: dict(detector=EXACT)}
-    variants.update({f"{APPROX} ({m})": dict(detector=APPROX, n_components=m) for m in args.components})
+    variants.update({f"{APPROX} ({m})": dict(detector=APPROX, n_components=m, select_size=args.select_size)
+                     for m in args.components})
     seconds, auroc, gammas = {}, {}, {}
     for name, kwargs in variants.items():
         t = time.perf_counter()

@@ -12,8 +12,8 @@ recorded and the independent ones after it still run (their outputs are kept):
 2. ``speed``: the bare forward pass against feature extraction (``benchmarks/feature_speed.py``), side by side
    in one process, for VGG16, ResNet34 and DenseNet100; the ratio is the figure.
 3. ``features-<model>``: stage 2 for VGG16 (shared), the ResNet34 just trained and DenseNet100 (shared, DICE).
-4. ``detectors`` and ``detect``: stages 3-4 on VGG16 with ``--score-device``, and ``score-speed``: scikit-learn's
-   scoring layout (NumPy, float64) against torch on the device (``benchmarks/score_speed.py``).
+4. ``detectors`` and ``detect``: stages 3-4 on VGG16 with ``--score-device``, and ``score-speed``: the detectors'
+   own scoring (NumPy, float64, on the CPU) against torch on the device (``benchmarks/score_speed.py``).
 
 Everything lands in ``<out>`` (``$OUT`` when set, else ``--out``): the checkpoint, ``timings.md``, the logs,
 ``nvidia-smi.txt`` and ``packages.txt``.

@@ -2,7 +2,7 @@
 
     python benchmarks/score_speed.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --device cpu
 
-Loads the run's default detectors (``ocsvm-seed0``, as train_ood_detectors.py writes them) and scores the test
+Loads the run's detectors (``--tag``, default ``ocsvm-seed0`` as train_ood_detectors.py writes them) and scores the test
 split's features of every layer three ways, side by side, best of ``--repeats``: the detectors'
 ``decision_function`` (NumPy matrix products in float64, one layer at a time, what detection uses by default),
 torch in float64 and torch in float32 on ``--device``. Prints images per second, the ratio to NumPy and the
@@ -40,9 +40,12 @@ def main():
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--images", type=int, default=5000, help="test images scored")
     p.add_argument("--repeats", type=int, default=2, help="rounds; the best counts")
+    p.add_argument("--tag", default=LAOOD(seed=0).tag,
+                   help="detector directory of the run (default: the default detectors, ocsvm-seed0; e.g. "
+                        "ocsvm-cal5000-seed0)")
     args = p.parse_args()
     run, _, test, _ = find_run(args.checkpoint, args.runs_root, args.ind)
-    det_dir = Layout.detectors(run, LAOOD(seed=0).tag)
+    det_dir = Layout.detectors(run, args.tag)
     la = load_detectors(det_dir)
     layers = [np.asarray(X[:args.images]) for X in test["layers"]]
     n_sv = sum(len(d[-1].support_vectors_) for d in la.detectors_)

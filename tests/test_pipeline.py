@@ -128,6 +128,12 @@ def test_bad_inputs(small_run, tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         train_detectors(forged, LAOOD(gammas=(0.05,), seed=7, n_jobs=1))
     assert sorted(p.name for p in (forged / "detectors").iterdir()) == before   # nothing half written
+    # A truncated feature file: its name and the command that rebuilds it, not numpy's bare mmap message.
+    cut = forged / "features" / "test" / "layer_005.npy"
+    cut.write_bytes(cut.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"layer_005.npy cannot be read .* rebuild it with save_inter_outputs.py "
+                                         r"--sets test --force"):
+        load_features(forged, "test")
 
 
 def test_calibrated_detectors_add_the_calibrated_maximum_and_early_exit(small_run):

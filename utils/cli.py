@@ -6,7 +6,7 @@ from pathlib import Path
 from models import list_models, parse_normalization
 
 from .data import IND_SETS, NEAR_OODS, OOD_SETS, check_name
-from .detectors import APPROX_LANDMARKS, AUTO_EXACT_MAX, NU, detector_choices, get_detector, list_detectors
+from .detectors import APPROX_LANDMARKS, APPROX_SELECT_SIZE, AUTO_EXACT_MAX, NU, detector_choices, get_detector, list_detectors
 from .engine import TrainConfig
 from .generate import MAX_OOD, DataConfig
 from .methods import list_methods
@@ -130,7 +130,8 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
                         f"default {APPROX_LANDMARKS})")
     g.add_argument("--select-size", type=positive_int, default=None,
                    help="choose gamma on a seeded subsample of this many train features (the final "
-                        "detector is still fitted on all); default: all, as the original")
+                        "detector is still fitted on all); default: all for ocsvm, as the original, "
+                        f"{APPROX_SELECT_SIZE:,} for ocsvm-approx")
     g.add_argument("--no-prune", action="store_true",
                    help="try every gamma of the grid instead of stopping once larger ones cannot win")
     g.add_argument("--jobs", type=int, default=-1, help="layers fitted / scored in parallel (-1: all cores)")

@@ -20,7 +20,7 @@ from .odin import odin as odin_scores
 from .data import NUM_CLASSES, normalization_of, to_input
 from .generate import load_images
 from .gram import POLES, GramBounds, gram_statistics, held_back
-from .io import StagingDir, atomic_path, is_complete, read_json, sha256_file
+from .io import StagingDir, atomic_path, is_complete, load_array, read_json, sha256_file
 from .paths import GRAM, GRAM_BOUNDS, LABELS, LOGITS, MANIFEST, ODIN, PENULTIMATE, Layout, layer_file
 
 log = logging.getLogger(__name__)
@@ -233,15 +233,16 @@ def load_features(run: Path, name: str, expect_sha: Optional[str] = None) -> Dic
     if expect_sha and manifest["settings"]["checkpoint_sha256"] != expect_sha:
         raise ValueError(f"features in {d} were made from another checkpoint "
                          f"({manifest['settings']['checkpoint_sha256'][:8]}, expected {expect_sha[:8]})")
-    layers: List[np.ndarray] = [np.load(d / layer_file(i, "npy"), mmap_mode="r")
+    rebuild = f"save_inter_outputs.py --sets {name} --force (with the flags that made {run})"
+    layers: List[np.ndarray] = [load_array(d / layer_file(i, "npy"), rebuild, mmap=True)
                                 for i in range(manifest["settings"]["taps"])]
-    out = {"layers": layers, "logits": np.load(d / LOGITS, mmap_mode="r"),
-           "penultimate": np.load(d / PENULTIMATE, mmap_mode="r"), "labels": np.load(d / LABELS),
+    out = {"layers": layers, "logits": load_array(d / LOGITS, rebuild, mmap=True),
+           "penultimate": load_array(d / PENULTIMATE, rebuild, mmap=True), "labels": load_array(d / LABELS, rebuild),
            "manifest": manifest}
     if (d / ODIN).exists():
-        out["odin"] = np.load(d / ODIN)
+        out["odin"] = load_array(d / ODIN, rebuild)
     if (d / GRAM).exists():
-        out["gram"] = np.load(d / GRAM)
+        out["gram"] = load_array(d / GRAM, rebuild)
     if (d / GRAM_BOUNDS).exists():
         out["gram_bounds"] = GramBounds.load(d / GRAM_BOUNDS)
     return out

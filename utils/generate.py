@@ -8,7 +8,7 @@ import numpy as np
 
 from .data import (IND_SETS, NUM_CLASSES, OOD_SETS, ORIGINAL_OODS, SIZE, download_source, find_source,
                    folder_source, pure_color_source, split_prefix, subset_indices, subset_source, variant, write_subset)
-from .io import StagingDir, is_complete, read_json
+from .io import StagingDir, is_complete, load_array, read_json
 from .paths import IMAGES, IND_SPLITS, LABELS, MANIFEST, Layout, data_tag
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,8 @@ def load_images(layout: Layout, ind: str, tag: str, name: str):
     if manifest is None:
         raise FileNotFoundError(f"no generated images for set {name!r} in {d}; run generate_datasets.py "
                                 f"with the same --ind and subset flags first")
-    return np.load(d / IMAGES, mmap_mode="r"), np.load(d / LABELS), manifest
+    rebuild = f"generate_datasets.py --force (with the --ind and subset flags that made {d.parent})"
+    return load_array(d / IMAGES, rebuild, mmap=True), load_array(d / LABELS, rebuild), manifest
 
 
 def generated_sets(layout: Layout, ind: str, tag: str) -> List[str]:

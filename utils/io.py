@@ -57,6 +57,16 @@ def save_npy(path, array: np.ndarray) -> None:
             np.save(f, array)
 
 
+def load_array(path, rebuild: str, mmap: bool = False) -> np.ndarray:
+    """``np.load`` of an artifact (memory-mapped with ``mmap``, never unpickling); a file that is missing, cut
+    short or not an array gives an error that names it and ``rebuild``, the command that makes it again."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}): the file is damaged or incomplete; "
+                         f"rebuild it with {rebuild}") from None
+
+
 def save_torch(path, obj: Any) -> None:
     """``torch.save`` through :func:`atomic_path` (checkpoints and resumable training state)."""
     with atomic_path(path) as tmp:

@@ -18,9 +18,9 @@ from .registry import CHUNK, DetectorKind, register_detector, streamed_scaler
 from .ocsvm import ExactOCSVM
 from .sas import GAMMAS, NU, select_gamma, selection_sample
 
-APPROX_SELECT_SIZE = 10_000    # gamma is chosen by the exact SAS on a seeded subsample of at most this many
+APPROX_SELECT_SIZE = 20_000    # gamma is chosen by the exact SAS on a seeded subsample of at most this many
 APPROX_LANDMARKS = 512         # default number of Nystroem landmarks (--landmarks)
-APPROX_SELECTION = 3           # the gamma criterion's version; 3: the exact SVM's SAS on the subsample
+APPROX_SELECTION = 4           # the gamma criterion's version; 4: the exact SVM's SAS on a 20,000 subsample
 
 
 class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
@@ -163,8 +163,9 @@ class ApproxOCSVM(DetectorKind):
             **_) -> Tuple[Pipeline, Dict]:
         scaler = streamed_scaler(X)
         sel = selection_sample(X, scaler, select_size or APPROX_SELECT_SIZE, seed)
-        # The exact SVM's SAS selection: libsvm is deterministic and fast at this size, and its gamma is the one
-        # the exact detector would choose on these points.
+        # The exact SVM's SAS selection: libsvm is deterministic and takes seconds at this size. SAS picks smaller
+        # gammas on fewer points (the data look sparser): at 10,000 of VGG16's 50,000 features it chose one grid
+        # step lower on most layers and LA-OOD lost 7.5 AUROC on the mean; at 20,000, 4 of 13 layers one step lower.
         record = select_gamma(sel, gammas, nu, seed, prune, ExactOCSVM.name, cache_size=cache_size)
         est = ApproxOneClassSVM(record["gamma"], record["nu"], n_components, random_state=seed).fit(
             X, transform=scaler.transform)
