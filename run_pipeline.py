@@ -35,6 +35,7 @@ def get_args_parser():
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     parser.add_argument("--odin", action="store_true", help="also compute the ODIN baseline (needs input gradients)")
     parser.add_argument("--gram", action="store_true", help="also compute the Gram-matrix baseline (full feature maps)")
+    parser.add_argument("--nac", action="store_true", help="also compute NAC-UE's gradient quantities (a backward pass)")
     add_method_args(parser)
     parser.add_argument("--quick", action="store_true",
                         help="reduced run: seeded subsets of 10,000 train, 2,000 test and 2,000 images per OOD set "
@@ -57,7 +58,7 @@ def main(args):
     sets = generate(cfg, lay)
     timings["generate_s"], t = time.time() - t, time.time()
     run = save_features(model, sha, lay, args.ind, cfg.tag, list(sets), device, args.batch_size, odin=args.odin,
-                        gram=args.gram, seed=args.seed, precision=args.precision)
+                        gram=args.gram, seed=args.seed, precision=args.precision, nac=args.nac)
     timings["features_s"], t = time.time() - t, time.time()
     la = la_ood(args, model.arch, run)
     oods = [name for name in sets if name not in IND_SPLITS]

@@ -44,6 +44,9 @@ def get_args_parser():
     parser.add_argument("--gram", action="store_true",
                         help="also store the Gram-matrix deviations of every tap (Sastry and Oore 2020; about 2x the "
                              "forward cost, the train split needs a second pass over 10%% of it)")
+    parser.add_argument("--nac", action="store_true",
+                        help="also store NAC-UE's per-channel z * dKL/dz of every tap, for every set (Liu et al. 2024; "
+                             "a backward pass per batch, about 3x the forward cost)")
     parser.add_argument("--force", action="store_true", help="recompute sets that are already complete")
     return parser
 
@@ -60,7 +63,7 @@ def main(args):
     names = args.sets or list(IND_SPLITS) + generated_sets(lay, args.ind, cfg.tag)
     start = time.time()
     run = save_features(model, sha, lay, args.ind, cfg.tag, names, device, args.batch_size, args.force, args.odin,
-                        args.gram, args.seed, args.precision)
+                        args.gram, args.seed, args.precision, nac=args.nac)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     log.info(f"features of {len(names)} sets from {model.arch} ({sha[:8]}) on {device} in {time.time() - start:.0f}s "

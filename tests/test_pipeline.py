@@ -34,7 +34,7 @@ def small_run(tmp_path_factory):
     gen = generate_datasets.main(generate_datasets.get_args_parser().parse_args(
         common + ["--ood", "dtd", "pure_color"]))
     run = save_inter_outputs.main(save_inter_outputs.get_args_parser().parse_args(
-        common + model + ["--batch-size", "128", "--gram"]))
+        common + model + ["--batch-size", "128", "--gram", "--nac"]))
     det = train_ood_detectors.main(train_ood_detectors.get_args_parser().parse_args(
         common + model + ["--jobs", "2", "--gammas", "0.01", "0.05", "0.1"]))
     summary = detect_oods.main(detect_oods.get_args_parser().parse_args(common + model + ["--jobs", "2"]))
@@ -81,7 +81,8 @@ def test_extracted_features_equal_a_plain_forward(small_run, tmp_path):
 
 
 def test_rerun_reuses_and_force_recomputes(small_run, caplog):
-    args = save_inter_outputs.get_args_parser().parse_args(small_run["common"] + small_run["model"] + ["--gram"])
+    args = save_inter_outputs.get_args_parser().parse_args(
+        small_run["common"] + small_run["model"] + ["--gram", "--nac"])
     with caplog.at_level(logging.INFO, logger="utils.features"):
         save_inter_outputs.main(args)
     assert sum("already complete" in r.message for r in caplog.records) == 4
@@ -198,7 +199,7 @@ def test_every_method_is_in_the_tables(small_run):
     # Without --odin, ODIN is left out; without calibration, the calibrated LA-OOD variants are.
     assert methods == {"LA-OOD", "best layer (oracle)", "MSP", "Energy", "GEN", "ReAct", "ASH-S", "DICE", "ViM",
                        "Mahalanobis", "Mahalanobis (all layers)", "Gram", "KNN", "fDBD", "RMDS", "SCALE", "NCI",
-                       "NNGuide"}
+                       "NNGuide", "NAC-UE"}
     gram = {r["ood"]: r["auroc"] for r in small_run["summary"] if r["method"] == "Gram"}
     assert gram["pure_color"] > 90                     # flat colours break every Gram bound
 

@@ -16,17 +16,19 @@ from tqdm import tqdm
 from models import Normalization, load_model
 from models.generic import is_generic, run_name
 
+from .nac import nac_values
 from .odin import odin as odin_scores
 from .data import NUM_CLASSES, normalization_of, to_input
 from .generate import load_images
 from .gram import POLES, GramBounds, gram_statistics, held_back
 from .io import StagingDir, atomic_path, is_complete, load_array, read_json, sha256_file
-from .paths import GRAM, GRAM_BOUNDS, LABELS, LOGITS, MANIFEST, ODIN, PENULTIMATE, Layout, layer_file
+from .paths import GRAM, GRAM_BOUNDS, LABELS, LOGITS, MANIFEST, NAC, ODIN, PENULTIMATE, Layout, layer_file
 
 log = logging.getLogger(__name__)
 
 
 PRECISIONS = ("fp32", "bf16")
+NAC_VERSION = 1   # what nac.npy holds (utils/nac.py); a change means the sets are recomputed
 
 
 def inference_autocast(device: torch.device, precision: str = "fp32"):
@@ -95,17 +97,18 @@ def extract(model, images: np.ndarray, out: Path, device: torch.device, batch_si
 
 def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, names: Sequence[str],
                   device: torch.device, batch_size: int = 256, force: bool = False, odin: bool = False,
-                  gram: bool = False, seed: int = 0, precision: str = "fp32") -> Path:
+                  gram: bool = False, seed: int = 0, precision: str = "fp32", nac: bool = False) -> Path:
     """Features of every set in ``names`` under the run directory; sets already complete are kept.
 
     ``odin`` also stores each image's ODIN score and ``gram`` its per-tap Gram deviations (both need the
-    network itself, so they are computed here rather than from saved features; see utils/gram.py).
+    network itself, so they are computed here rather than from saved features; see utils/gram.py); ``nac``
+    stores NAC-UE's gradient quantities of every tap, for every set (utils/nac.py).
     ``precision`` other than fp32 gets its own run directory (see :meth:`Layout.run`)."""
-    if (odin or gram) and precision != "fp32":
-        raise ValueError("--odin and --gram run in float32 only; leave out --precision or those flags")
+    if (odin or gram or nac) and precision != "fp32":
+        raise ValueError("--odin, --gram and --nac run in float32 only; leave out --precision or those flags")
     rank, world = process_group()
-    if world > 1 and (odin or gram):
-        raise ValueError("--odin and --gram run in one process; start save_inter_outputs.py without torchrun")
+    if world > 1 and (odin or gram or nac):
+        raise ValueError("--odin, --gram and --nac run in one process; start save_inter_outputs.py without torchrun")
     run = layout.run(ind, run_name(model.arch, getattr(model, "taps", None)), ckpt_sha, tag, precision)
     if rank == 0:
         save_head(model, run)
@@ -120,6 +123,8 @@ def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, name
             settings["precision"] = precision
         if gram:
             settings.update(gram=True, gram_poles=len(POLES), gram_seed=seed)
+        if nac:
+            settings.update(nac=True, nac_version=NAC_VERSION)
         out = layout.features(run, name)
         if is_complete(out, settings) and not force:
             log.info(f"{name}: features already complete in {out}")
@@ -139,6 +144,8 @@ def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, name
             if with_odin:
                 np.save(tmp / ODIN, odin_scores(model, images, device, batch_size=batch_size,
                                                       progress=f"{name} ODIN"))
+            if nac:
+                np.save(tmp / NAC, nac_values(model, images, device, batch_size, progress=f"{name} NAC"))
         log.info(f"{name}: {len(images)} images x {model.num_taps} layers -> {out}")
     return run
 
@@ -243,6 +250,8 @@ def load_features(run: Path, name: str, expect_sha: Optional[str] = None) -> Dic
         out["odin"] = load_array(d / ODIN, rebuild)
     if (d / GRAM).exists():
         out["gram"] = load_array(d / GRAM, rebuild)
+    if (d / NAC).exists():
+        out["nac"], out["nac_widths"] = load_array(d / NAC, rebuild, mmap=True), manifest["widths"]
     if (d / GRAM_BOUNDS).exists():
         out["gram_bounds"] = GramBounds.load(d / GRAM_BOUNDS)
     return out

@@ -10,6 +10,7 @@ declaring what it needs from :class:`Inputs`:
     head                          the classifier head (weight, bias) that the penultimate features feed
     odin                          ODIN scores stored by ``save_inter_outputs.py --odin``
     gram                          Gram deviations stored by ``save_inter_outputs.py --gram`` (utils/gram.py)
+    nac                           NAC-UE's gradient quantities stored by ``save_inter_outputs.py --nac`` (utils/nac.py)
     detectors                     the fitted per-layer detectors' scores (stage 3)
     calibration                   the train images held back from the detectors, and their layer scores
 
@@ -33,7 +34,8 @@ from .splits import held_split
 
 log = logging.getLogger(__name__)
 
-NEEDS = frozenset({"logits", "penultimate", "labels", "layers", "head", "odin", "gram", "detectors", "calibration"})
+NEEDS = frozenset({"logits", "penultimate", "labels", "layers", "head", "odin", "gram", "nac", "detectors",
+                   "calibration"})
 HELD = "__held__"        # the held-back train rows, scored as one more set when a score is standardised
 
 
@@ -78,6 +80,8 @@ class Inputs:
             have.add("odin")
         if self.sets and all("gram" in f for f in self.sets.values()) and "gram_bounds" in self.train:
             have.add("gram")
+        if self.sets and all("nac" in f for f in [self.train, *self.sets.values()]):
+            have.add("nac")
         if self.layer_scores is not None:
             have.add("detectors")
         if self.calibration is not None and self.calibration.held is not None:
@@ -155,7 +159,8 @@ def score_methods(names: Sequence[str], inputs: Inputs) -> Dict[str, Dict[str, n
     return out
 
 
-_HOW = {"odin": "run save_inter_outputs.py --odin", "gram": "run save_inter_outputs.py --gram", "calibration": "fit the detectors with --calibration-size N",
+_HOW = {"odin": "run save_inter_outputs.py --odin", "gram": "run save_inter_outputs.py --gram",
+        "nac": "run save_inter_outputs.py --nac", "calibration": "fit the detectors with --calibration-size N",
         "head": "run save_inter_outputs.py again: it saves the classifier head",
         "detectors": "run train_ood_detectors.py"}
 
@@ -495,6 +500,13 @@ def _nci(inp: Inputs):
     from pytorch_ood.detector import NCI
     det = NCI(None, _head_module(inp.head), alpha=0.0).fit_features(_tensor(inp.train["penultimate"]))
     return inp.each(lambda f: _chunked(det.predict_features, f["penultimate"]))
+
+
+@register_method("NAC-UE", ["nac"], "Liu et al., ICLR 2024; every tapped layer, pytorch-ood's alpha 100, M 50, O* 50")
+def _nac_ue(inp: Inputs):
+    from .nac import Coverage
+    coverage = Coverage(inp.train["nac_widths"]).fit(inp.train["nac"])
+    return inp.each(lambda f: coverage.score(f["nac"]))
 
 
 NNGUIDE_BANK, NNGUIDE_K = 0.01, 100   # a seeded 1% of the train features as the bank, k = 100 (as OpenOOD)

@@ -17,6 +17,7 @@ MANIFEST = "manifest.json"
 # Files inside an image set and a feature set.
 IMAGES, LABELS = "images.npy", "labels.npy"
 LOGITS, PENULTIMATE, ODIN = "logits.npy", "penultimate.npy", "odin.npy"
+NAC = "nac.npy"                                       # NAC-UE's per-channel z * dKL/dz of every tap
 GRAM, GRAM_BOUNDS = "gram.npy", "gram_bounds.npz"     # per-tap Gram deviations; train: the bounds
 HEAD = "head.npz"
 # Files inside a detector directory.

@@ -1,0 +1,94 @@
+"""NAC-UE (neuron activation coverage; Liu et al., ICLR 2024), which needs the network's gradients: stage 2
+(``save_inter_outputs.py --nac``) stores, for every tapped layer's output z and every image, the spatial mean
+of ``z * dKL/dz`` per channel, KL being the divergence of the softmax from the uniform distribution; the
+``NAC-UE`` scoring method (utils/methods.py) turns those into coverage scores with :func:`coverage_scores`.
+
+The quantities, bins and coverage follow pytorch-ood 0.4's ``NACUE`` (whose scores
+tests/test_methods_reference.py compares with these): a neuron's state is ``sigmoid(alpha * value)``, put in
+one of ``m`` geometric bins on (0, 1) (dense near 0 and 1); fitting counts each bin's in-distribution train
+states; an image's coverage of a layer is the mean over its neurons of ``min(count of its bin / o_star, 1)``,
+summed over layers; the OOD score is minus that sum. alpha = 100, m = 50, o_star = 50: pytorch-ood's
+defaults, not tuned on OOD data here.
+"""
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import normalization_of, to_input
+
+ALPHA, BINS, O_STAR = 100.0, 50, 50
+
+
+def nac_values(model, images: np.ndarray, device: torch.device, batch_size: int = 256,
+               progress: Optional[str] = None) -> np.ndarray:
+    """``(N, sum of tap widths)`` float32: per image and tapped channel, the spatial mean of ``z * dKL/dz``
+    (the taps in order, each ``model.tap_widths[i]`` columns). One forward and one backward pass per batch."""
+    model.eval()
+    norm = normalization_of(model)
+    captured: List[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: captured.append(out)) for m in model.tap_modules]
+    out = []
+    try:
+        for s in tqdm(range(0, len(images), batch_size), desc=progress or "nac", leave=False,
+                      disable=progress is None):
+            captured.clear()
+            x = to_input(images[s:s + batch_size], device, normalization=norm)
+            with torch.enable_grad():
+                p = torch.softmax(model(x), dim=1)
+                loss = (-torch.log(p + 1e-12).mean(dim=1)).sum()     # KL(u || p) up to a constant, per image
+                grads = torch.autograd.grad(loss, captured)
+            out.append(torch.cat([_reduce(z.detach() * g) for z, g in zip(captured, grads)], 1).float().cpu())
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.cat(out).numpy()
+
+
+def _reduce(t: torch.Tensor) -> torch.Tensor:
+    return t.mean(dim=(2, 3)) if t.ndim == 4 else t.flatten(1)
+
+
+def geometric_bins(states: torch.Tensor, m: int = BINS, eps: float = 1e-6) -> torch.Tensor:
+    """Bin index in [0, m) of states in (0, 1): m // 2 log-spaced bins from eps to 0.5, mirrored above it."""
+    z = states.clamp(eps, 1 - eps)
+    left = torch.logspace(torch.log10(torch.tensor(eps)), torch.log10(torch.tensor(0.5)), steps=m // 2 + 1)
+    edges = torch.cat([left, (1.0 - left.flip(0))[1:]])
+    return (torch.bucketize(z, edges, right=False) - 1).clamp(0, m - 1).long()
+
+
+def _bins(values: np.ndarray, alpha: float, m: int) -> torch.Tensor:
+    return geometric_bins(torch.sigmoid(alpha * torch.as_tensor(np.asarray(values), dtype=torch.float32)), m)
+
+
+class Coverage:
+    """Per-neuron histograms of the in-distribution states (``fit``) and the coverage score (``score``)."""
+
+    def __init__(self, widths: Sequence[int], alpha: float = ALPHA, m: int = BINS, o_star: int = O_STAR):
+        self.widths, self.alpha, self.m, self.o_star = list(widths), alpha, m, o_star
+
+    def _layers(self, values: np.ndarray):
+        start = 0
+        for w in self.widths:
+            yield values[:, start:start + w]
+            start += w
+
+    def fit(self, train_values: np.ndarray, chunk: int = 4096) -> "Coverage":
+        self.counts_ = [torch.zeros(w * self.m, dtype=torch.long) for w in self.widths]
+        for s in range(0, len(train_values), chunk):
+            for counts, v in zip(self.counts_, self._layers(np.asarray(train_values[s:s + chunk]))):
+                idx = _bins(v, self.alpha, self.m) + torch.arange(v.shape[1]) * self.m
+                counts.scatter_add_(0, idx.flatten(), torch.ones(idx.numel(), dtype=torch.long))
+        return self
+
+    def score(self, values: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """Minus the coverage summed over layers: larger for more anomalous images."""
+        out = []
+        for s in range(0, len(values), chunk):
+            total = 0.0
+            for counts, v in zip(self.counts_, self._layers(np.asarray(values[s:s + chunk]))):
+                idx = _bins(v, self.alpha, self.m) + torch.arange(v.shape[1]) * self.m
+                total = total + torch.clamp(counts[idx].float() / self.o_star, max=1.0).mean(dim=1)
+            out.append(-total.double().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
