@@ -11,7 +11,7 @@ import json
 import time
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Type
+from typing import Dict, List, Tuple, Type
 
 import numpy as np
 from sklearn.pipeline import Pipeline

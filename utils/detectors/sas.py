@@ -28,11 +28,6 @@ class Shift:
     k: int
 
 
-def sas_k(n: int) -> int:
-    """Neighbourhood size of SAS: k = ceil(5 log10 n)."""
-    return int(math.ceil(5 * math.log10(n)))
-
-
 def shift_data(X: np.ndarray, k: Optional[int] = None, threshold: float = EDGE_THRESHOLD,
                chunk: int = 256) -> Shift:
     """Self-adaptive data shifting: edge points of ``X`` pushed outwards along their normals.
