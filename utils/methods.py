@@ -486,12 +486,8 @@ def _rmds(inp: Inputs):
 @register_method("SCALE", ["penultimate", "head"], "Xu et al., ICLR 2024; percentile 85 (OpenOOD's CIFAR default)")
 def _scale(inp: Inputs):
     from pytorch_ood.detector.scale import scale
-    head = _head_module(inp.head, torch.float64)
-
-    def score(z):
-        with torch.no_grad():
-            return energy_t(head(scale(z[:, :, None, None], 0.85).flatten(1)))
-    return inp.each(lambda f: _chunked(score, f["penultimate"], torch.float64))
+    scaled = lambda f: scale(_tensor(f["penultimate"], torch.float64)[:, :, None, None], 0.85).flatten(1).numpy()  # noqa: E731
+    return inp.each(lambda f: energy(linear(scaled(f), inp.head)))
 
 
 @register_method("NCI", ["penultimate", "head"], "Liu and Qin, CVPR 2025; alpha = 0 (no norm term: its weight "
@@ -520,10 +516,6 @@ def _nnguide(inp: Inputs):
     det = NNGuide(None, _head_module(inp.head), k=NNGUIDE_K).fit_features(
         _tensor(inp.train["penultimate"][bank]), torch.as_tensor(np.asarray(inp.train["labels"])[bank]))
     return inp.each(lambda f: _chunked(det.predict_features, f["penultimate"]))
-
-
-def energy_t(logits: torch.Tensor) -> torch.Tensor:
-    return -torch.logsumexp(logits, 1)
 
 
 # The tail rule over stronger scores than energy, each its own row (registered after their bases).
