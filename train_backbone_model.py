@@ -5,6 +5,7 @@
 """
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,6 +32,9 @@ def get_args_parser():
                         help="output directory (default: checkpoints/<ind>-<model>-<schedule>)")
     add_normalization_arg(parser)
     add_train_args(parser)
+    parser.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
+                        help="start from this checkpoint's weights (a fresh optimizer and schedule: a second cycle, "
+                             "or fine-tuning); --resume continues an interrupted run instead")
     parser.add_argument("--eval-only", type=Path, default=None, metavar="CHECKPOINT",
                         help="only report the float32 test accuracy of this checkpoint")
     return parser
@@ -52,9 +56,13 @@ def main(args):
     cfg = train_config(args, get_recipe(args.model))
     out = args.out or layout(args).training(args.ind, safe_name(args.model), cfg.schedule)
     train, test = load_splits(data_config(args, oods=[]), layout(args))
-    model = create_model(args.model, data_config(args).num_classes())
-    if args.normalization is not None:
-        model.normalization = args.normalization
+    if args.init is not None:
+        model = load_model(args.init, args.model, data_config(args).num_classes(), args.normalization)
+        cfg = replace(cfg, init=str(args.init))
+    else:
+        model = create_model(args.model, data_config(args).num_classes())
+        if args.normalization is not None:
+            model.normalization = args.normalization
     if rank == 0:
         log.info(f"{args.model} on {args.ind}: {len(train[0])} train / {len(test[0])} test images, {device}, "
               f"world {world}, {cfg}")

@@ -88,6 +88,17 @@ def test_short_real_run_beats_chance(tmp_path):
     for col in ("epoch", "lr", "train_loss", "train_acc", "images_per_s", "test_acc"):
         assert col in header.split(",")
 
+    # --init: a second run starts from those weights (a fresh model would test near chance after one
+    # epoch at this tiny learning rate), and its checkpoint records where it started.
+    second = train_backbone_model.main(train_backbone_model.get_args_parser().parse_args([
+        "--model", "resnet20", "--source-root", str(DATA), "--data-root", str(tmp_path / "gen"),
+        "--max-train", "2000", "--max-test", "1000", "--schedule", "constant", "--epochs", "1",
+        "--batch-size", "64", "--lr", "0.0001", "--init", str(tmp_path / "out" / "final.pt"),
+        "--out", str(tmp_path / "second")]))
+    assert abs(second[0]["test_acc"] - log[-1]["test_acc"]) < 3, (second, log)
+    saved = torch.load(tmp_path / "second" / "final.pt", weights_only=True)
+    assert saved["config"]["init"] == str(tmp_path / "out" / "final.pt")
+
 
 def test_missing_training_data_is_a_clear_error(tmp_path):
     args = train_backbone_model.get_args_parser().parse_args([

@@ -205,6 +205,7 @@ class TrainConfig:
     keep_best: bool = False
     compile: bool = False
     max_batches: Optional[int] = None       # cap per epoch, for smoke tests and benchmarks
+    init: Optional[str] = None              # checkpoint the weights started from (train_backbone_model --init)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
