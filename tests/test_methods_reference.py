@@ -15,15 +15,15 @@ from utils.generate import DataConfig, generate, load_images
 from utils.paths import Layout
 
 
-@pytest.fixture(scope="module")
-def vgg16_features(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ref")
-    cfg = DataConfig(ind="cifar10", oods=["dtd"], roots=[need(DATA)], max_train=2000, max_test=1000, max_ood=1000)
+def _features(root, checkpoint, model_name, ood, max_train, max_test, max_ood):
+    """Stage 1 and 2 on seeded subsets of the shared data: (inputs for the registry, head weight, head bias)."""
+    cfg = DataConfig(ind="cifar10", oods=[ood], roots=[need(DATA)], max_train=max_train, max_test=max_test,
+                     max_ood=max_ood)
     layout = Layout(root / "gen", root / "runs")
     generate(cfg, layout)
-    model, _ = open_backbone(need(CHECKPOINTS / "vgg16-cifar10.pt"), "cifar10", "vgg16")
+    model, _ = open_backbone(need(CHECKPOINTS / checkpoint), "cifar10", model_name)
     out = {}
-    for name in ("train", "test", "dtd"):
+    for name in ("train", "test", ood):
         images, labels, _ = load_images(layout, "cifar10", cfg.tag, name)
         (root / name).mkdir()
         extract(model, images, root / name, torch.device("cpu"), progress=False)
@@ -31,7 +31,14 @@ def vgg16_features(tmp_path_factory):
                      "penultimate": np.load(root / name / "penultimate.npy")}
     save_head(model, root)
     weight, bias = load_head(root)
-    inputs = methods.Inputs(train=out["train"], sets={"test": out["test"], "dtd": out["dtd"]}, head=(weight, bias))
+    inputs = methods.Inputs(train=out["train"], sets={"test": out["test"], ood: out[ood]}, head=(weight, bias))
+    return inputs, weight, bias
+
+
+@pytest.fixture(scope="module")
+def vgg16_features(tmp_path_factory):
+    inputs, weight, bias = _features(tmp_path_factory.mktemp("ref"), "vgg16-cifar10.pt", "vgg16", "dtd",
+                                     max_train=2000, max_test=1000, max_ood=1000)
     return inputs, torch.from_numpy(weight).float(), torch.from_numpy(bias).float()
 
 
@@ -222,26 +229,13 @@ def test_react_on_densenet_reads_the_right_inputs_and_equals_pytorch_ood(tmp_pat
     """ReAct is far below Energy on the DICE DenseNet-BC-100 (docs/results.md); this rules out our inputs: the
     saved penultimate features are the head's input (the head applied to them gives the model's logits) and
     ReAct's scores on them equal pytorch-ood's. What it is instead: benchmarks/react_clipping.py."""
-    cfg = DataConfig(ind="cifar10", oods=["pure_color"], roots=[need(DATA)], max_train=300, max_test=100,
-                     max_ood=100)
-    layout = Layout(tmp_path / "gen", tmp_path / "runs")
-    generate(cfg, layout)
-    model, _ = open_backbone(need(CHECKPOINTS / "densenet100-cifar10-dice.pth.tar"), "cifar10", "densenet100")
-    out = {}
-    for name in ("train", "test", "pure_color"):
-        images, labels, _ = load_images(layout, "cifar10", cfg.tag, name)
-        (tmp_path / name).mkdir()
-        extract(model, images, tmp_path / name, torch.device("cpu"), progress=False)
-        out[name] = {"logits": np.load(tmp_path / name / "logits.npy"), "labels": labels,
-                     "penultimate": np.load(tmp_path / name / "penultimate.npy")}
-    save_head(model, tmp_path)
-    weight, bias = load_head(tmp_path)
+    inputs, weight, bias = _features(tmp_path, "densenet100-cifar10-dice.pth.tar", "densenet100", "pure_color",
+                                     max_train=300, max_test=100, max_ood=100)
+    out = {"train": inputs.train, **inputs.sets}
     for name, f in out.items():
         np.testing.assert_allclose(methods.linear(f["penultimate"], (weight, bias)), f["logits"], atol=1e-3,
                                    err_msg=name)
     assert (out["train"]["penultimate"] >= 0).all()     # after DenseNet's last BN and ReLU, as ReAct assumes
-    inputs = methods.Inputs(train=out["train"], sets={"test": out["test"], "pure_color": out["pure_color"]},
-                            head=(weight, bias))
     w, b = torch.from_numpy(weight).float(), torch.from_numpy(bias).float()
     head = lambda z: z.flatten(1) @ w.T + b  # noqa: E731
     react = pood.ReAct(None, head, percentile=0.9).fit_feature_maps(
