@@ -2,6 +2,7 @@
 
     python train_backbone_model.py --model resnet20 --ind cifar10 --source-root ../shared/data --schedule onecycle --epochs 15
     torchrun --nproc_per_node 2 train_backbone_model.py --model vgg16 ...        # data-parallel
+    python train_backbone_model.py --model resnet34 --average A.pt B.pt --out DIR    # weight average (SWA)
 """
 import argparse
 import logging
@@ -15,7 +16,9 @@ from models.generic import safe_name
 from utils.cli import (add_data_args, add_normalization_arg, add_train_args, data_config, layout, model_arg,
                        train_config)
 from utils.runtime import resolve_device, run_script
-from utils.engine import distributed, evaluate, fit, load_splits
+from utils.engine import (average_state_dicts, distributed, evaluate, fit, load_splits,
+                          recompute_batchnorm)
+from utils.io import save_checkpoint
 from utils.paths import FINAL
 
 log = logging.getLogger("train_backbone_model")
@@ -37,6 +40,10 @@ def get_args_parser():
                              "or fine-tuning); --resume continues an interrupted run instead")
     parser.add_argument("--eval-only", type=Path, default=None, metavar="CHECKPOINT",
                         help="only report the float32 test accuracy of this checkpoint")
+    parser.add_argument("--average", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
+                        help="instead of training, average these checkpoints' weights (stochastic weight averaging: "
+                             "e.g. the ends of successive --init cycles), recompute BatchNorm statistics over one "
+                             "augmented pass through the training images, and write --out/final.pt")
     return parser
 
 
@@ -53,6 +60,8 @@ def main(args):
         print(f"{args.model} {args.eval_only}: {result['test_acc']:.2f}% on {len(test[0])} {args.ind} test images "
               f"(float32, {norm.name} normalisation: mean {norm.mean}, std {norm.std})")
         return result
+    if args.average:
+        return average(args, device)
     cfg = train_config(args, get_recipe(args.model))
     out = args.out or layout(args).training(args.ind, safe_name(args.model), cfg.schedule)
     train, test = load_splits(data_config(args, oods=[]), layout(args))
@@ -70,6 +79,24 @@ def main(args):
     if rank == 0 and rows:
         log.info(f"final test accuracy {rows[-1]['test_acc']:.2f}% -> {out / FINAL}")
     return rows
+
+
+def average(args, device):
+    if args.out is None:
+        raise SystemExit("--average needs --out DIR: where the averaged checkpoint (DIR/final.pt) goes")
+    train, test = load_splits(data_config(args, oods=[]), layout(args))
+    classes = data_config(args).num_classes()
+    models = [load_model(path, args.model, classes, args.normalization) for path in args.average]
+    model = models[0]
+    model.load_state_dict(average_state_dicts([m.state_dict() for m in models]))
+    layers = recompute_batchnorm(model, train[0], device, amp=args.amp, seed=args.seed)
+    result = evaluate(model, *test, device, amp="off")
+    save_checkpoint(model, args.out / FINAL, averaged_from=[str(p) for p in args.average],
+                    batchnorm_images=len(train[0]), test_acc=result["test_acc"])
+    print(f"{args.model}: the average of {len(models)} checkpoints, {layers} BatchNorm layers recomputed over "
+          f"{len(train[0])} train images: {result['test_acc']:.2f}% on {len(test[0])} {args.ind} test images "
+          f"(float32) -> {args.out / FINAL}")
+    return result
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ import train_backbone_model
 from conftest import DATA, ROOT, need
 from models import create_model, load_model
 import utils.engine as engine
-from utils.engine import TrainConfig, crop_flip, fit, resolve_amp
+from utils.engine import (TrainConfig, average_state_dicts, crop_flip, epoch_generator, fit, recompute_batchnorm,
+                          resolve_amp)
+from utils.data import to_input
 
 
 def test_crop_flip_matches_padding_and_flipping():
@@ -98,6 +100,56 @@ def test_short_real_run_beats_chance(tmp_path):
     assert abs(second[0]["test_acc"] - log[-1]["test_acc"]) < 3, (second, log)
     saved = torch.load(tmp_path / "second" / "final.pt", weights_only=True)
     assert saved["config"]["init"] == str(tmp_path / "out" / "final.pt")
+
+    # --average: the two runs' weights averaged, BatchNorm statistics recomputed, accuracy kept.
+    ends = [tmp_path / "out" / "final.pt", tmp_path / "second" / "final.pt"]
+    result = train_backbone_model.main(train_backbone_model.get_args_parser().parse_args([
+        "--model", "resnet20", "--source-root", str(DATA), "--data-root", str(tmp_path / "gen"),
+        "--max-train", "2000", "--max-test", "1000", "--average", *map(str, ends), "--out", str(tmp_path / "avg")]))
+    assert abs(result["test_acc"] - log[-1]["test_acc"]) < 3, (result, log)
+    averaged = torch.load(tmp_path / "avg" / "final.pt", weights_only=True)
+    members = [torch.load(p, weights_only=True)["state_dict"] for p in ends]
+    assert averaged["averaged_from"] == list(map(str, ends)) and averaged["batchnorm_images"] == 2000
+    weight = "conv1.weight" if "conv1.weight" in averaged["state_dict"] else next(
+        k for k in averaged["state_dict"] if k.endswith("weight") and averaged["state_dict"][k].ndim == 4)
+    assert torch.allclose(averaged["state_dict"][weight], (members[0][weight] + members[1][weight]) / 2, atol=1e-6)
+    bn_mean = next(k for k in averaged["state_dict"] if k.endswith("running_mean"))
+    assert not torch.allclose(averaged["state_dict"][bn_mean], members[0][bn_mean])   # recomputed, not copied
+    with pytest.raises(SystemExit, match="--out"):
+        train_backbone_model.main(train_backbone_model.get_args_parser().parse_args([
+            "--model", "resnet20", "--source-root", str(DATA), "--data-root", str(tmp_path / "gen"),
+            "--max-train", "2000", "--max-test", "1000", "--average", *map(str, ends)]))
+
+
+def test_average_state_dicts_is_the_mean_of_floats():
+    a = {"w": torch.tensor([1.0, 2.0]), "h": torch.tensor([2.0], dtype=torch.float16), "n": torch.tensor(5)}
+    b = {"w": torch.tensor([3.0, 6.0]), "h": torch.tensor([4.0], dtype=torch.float16), "n": torch.tensor(9)}
+    avg = average_state_dicts([a, b])
+    assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and torch.equal(avg["h"], torch.tensor([3.0]))
+    assert avg["h"].dtype == torch.float32 and torch.equal(avg["n"], torch.tensor(5))   # counters: the first's
+    with pytest.raises(ValueError, match="one architecture"):
+        average_state_dicts([a, {"w": torch.zeros(3), "h": a["h"], "n": a["n"]}])
+    with pytest.raises(ValueError, match="at least one"):
+        average_state_dicts([])
+
+
+def test_recompute_batchnorm_sets_the_mean_over_augmented_batches():
+    """A BatchNorm on the input: its running mean and variance become the average, over the batches, of
+    each augmented batch's per-channel mean and (unbiased) variance, whatever they were before."""
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (96, 8, 8, 3), dtype=np.uint8))
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
+    model[0].running_mean.fill_(7.0)
+    model[0].running_var.fill_(9.0)
+    assert recompute_batchnorm(model, images, torch.device("cpu"), batch_size=32, amp="off", seed=3,
+                               progress=False) == 1
+    g = epoch_generator(3, 0)
+    batches = [to_input(crop_flip(images[s:s + 32], g)) for s in range(0, 96, 32)]
+    mean = torch.stack([x.mean(dim=(0, 2, 3)) for x in batches]).mean(0)
+    var = torch.stack([x.transpose(0, 1).flatten(1).var(dim=1) for x in batches]).mean(0)
+    assert torch.allclose(model[0].running_mean, mean, atol=1e-5)
+    assert torch.allclose(model[0].running_var, var, atol=1e-4)
+    assert not model.training and model[0].momentum == 0.1        # left as it was, in eval mode
+    assert recompute_batchnorm(torch.nn.Linear(2, 2), images, torch.device("cpu"), progress=False) == 0
 
 
 def test_missing_training_data_is_a_clear_error(tmp_path):

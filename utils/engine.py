@@ -290,3 +290,42 @@ def fit(model: nn.Module, train: Tuple[torch.Tensor, torch.Tensor], test: Tuple[
                                     "config": asdict(cfg)})
             write_csv(out_dir / TRAIN_LOG, log)
     return log
+
+
+def average_state_dicts(states: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """The uniform average of several state dicts of one architecture (stochastic weight averaging,
+    Izmailov et al., 2018, over snapshots such as the ends of successive one-cycle runs). Floating tensors are
+    averaged in float32; integer ones (BatchNorm's batch counters) are taken from the first."""
+    if not states:
+        raise ValueError("nothing to average: give at least one checkpoint")
+    keys = list(states[0])
+    for i, s in enumerate(states[1:], 2):
+        if list(s) != keys or any(s[k].shape != states[0][k].shape for k in keys):
+            raise ValueError(f"checkpoint {i} does not have the first one's tensors: averaging needs one architecture")
+    return {k: (torch.stack([s[k].float() for s in states]).mean(0) if states[0][k].is_floating_point()
+                else states[0][k].clone()) for k in keys}
+
+
+def recompute_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256,
+                        amp: str = "auto", seed: int = 0, progress: bool = True) -> int:
+    """Set every BatchNorm's running statistics to their average over one augmented pass through ``images``
+    (uint8 NHWC), as a weight average needs (its statistics are not the average of its members');
+    torch's ``swa_utils.update_bn`` does the pass. Returns the number of BatchNorm layers reset."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    g = epoch_generator(seed, 0)
+    norm = normalization_of(model)
+    ctx, _ = autocast(device, amp)
+
+    def batches():
+        for start in tqdm(range(0, len(images), batch_size), desc="batchnorm statistics", unit="batch",
+                          disable=not progress):
+            x = crop_flip(images[start:start + batch_size], g)
+            yield to_input(x, device, normalization=norm).contiguous(memory_format=torch.channels_last)
+
+    model.to(device).to(memory_format=torch.channels_last)
+    with ctx():
+        torch.optim.swa_utils.update_bn(batches(), model)
+    model.eval()
+    return len(bns)
