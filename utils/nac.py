@@ -59,7 +59,8 @@ def geometric_bins(states: torch.Tensor, m: int = BINS, eps: float = 1e-6) -> to
 
 
 def _bins(values: np.ndarray, alpha: float, m: int) -> torch.Tensor:
-    return geometric_bins(torch.sigmoid(alpha * torch.as_tensor(np.asarray(values), dtype=torch.float32)), m)
+    # a copy: values may be a read-only memory map, which torch would wrap with a warning
+    return geometric_bins(torch.sigmoid(alpha * torch.from_numpy(np.array(values, dtype=np.float32))), m)
 
 
 class Coverage:
