@@ -308,20 +308,23 @@ def average_state_dicts(states: List[Dict[str, torch.Tensor]]) -> Dict[str, torc
 
 def recompute_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256,
                         amp: str = "auto", seed: int = 0, progress: bool = True) -> int:
-    """Set every BatchNorm's running statistics to their average over one augmented pass through ``images``
-    (uint8 NHWC), as a weight average needs (its statistics are not the average of its members');
-    torch's ``swa_utils.update_bn`` does the pass. Returns the number of BatchNorm layers reset."""
+    """Set every BatchNorm's running statistics to their average over one augmented pass, in a seeded random
+    order, through ``images`` (uint8 NHWC), as a weight average needs (its statistics are not the average of
+    its members'); torch's ``swa_utils.update_bn`` does the pass. The order matters: the pass averages each
+    batch's variance, and batches cut from class-sorted images (as generated sets are) would each hold one
+    class and miss the variance between classes. Returns the number of BatchNorm layers reset."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
     g = epoch_generator(seed, 0)
+    order = torch.randperm(len(images), generator=g)
     norm = normalization_of(model)
     ctx, _ = autocast(device, amp)
 
     def batches():
         for start in tqdm(range(0, len(images), batch_size), desc="batchnorm statistics", unit="batch",
                           disable=not progress):
-            x = crop_flip(images[start:start + batch_size], g)
+            x = crop_flip(images[order[start:start + batch_size]], g)
             yield to_input(x, device, normalization=norm).contiguous(memory_format=torch.channels_last)
 
     model.to(device).to(memory_format=torch.channels_last)
