@@ -84,9 +84,9 @@ def main(args):
 def average(args, device):
     if args.out is None:
         raise SystemExit("--average needs --out DIR: where the averaged checkpoint (DIR/final.pt) goes")
-    train, test = load_splits(data_config(args, oods=[]), layout(args))
-    classes = data_config(args).num_classes()
-    models = [load_model(path, args.model, classes, args.normalization) for path in args.average]
+    data = data_config(args, oods=[])
+    train, test = load_splits(data, layout(args))
+    models = [load_model(path, args.model, data.num_classes(), args.normalization) for path in args.average]
     model = models[0]
     model.load_state_dict(average_state_dicts([m.state_dict() for m in models]))
     layers = recompute_batchnorm(model, train[0], device, amp=args.amp, seed=args.seed)
