@@ -37,3 +37,12 @@ def test_resnet34_trained_here(cifar10_test):
     assert model.normalization.name == "imagenet"                     # recorded in the file
     acc = evaluate(model, images, labels, torch.device("cpu"), amp="off")["test_acc"]
     assert abs(acc - 91.67) <= 0.1, f"resnet34: {acc:.2f}% measured, 91.67% stated"
+
+
+def test_resnet34_weight_average(cifar10_test):
+    """The ResNet34 of the results tables: the weight average of three cycle ends (checkpoints/README.md),
+    committed in float16, at its stated 92.03%."""
+    images, labels = cifar10_test
+    model = load_model(ROOT / "checkpoints" / "resnet34-cifar10-swa3-fp16.pt", "resnet34", 10)
+    acc = evaluate(model, images, labels, torch.device("cpu"), amp="off")["test_acc"]
+    assert abs(acc - 92.03) <= 0.1, f"resnet34: {acc:.2f}% measured, 92.03% stated"
