@@ -29,20 +29,14 @@ def test_stated_accuracy_within_a_tenth_of_a_point(cifar10_test, file, arch, nor
     assert abs(acc - stated) <= 0.1, f"{arch}: {acc:.2f}% measured, {stated}% stated"
 
 
-def test_resnet34_trained_here(cifar10_test):
-    """The ResNet34 trained on this CPU (two one-cycle runs, 15 epochs) and committed in float16 (checkpoints/):
-    its stated 91.67%."""
+@pytest.mark.parametrize("file,stated", [
+    ("resnet34-cifar10-swa3-fp16.pt", 92.03),      # the results tables': the weight average of three cycle ends
+    ("resnet34-cifar10-2cycles15-fp16.pt", 91.67),  # two one-cycle runs, 15 epochs; the average's first member
+])
+def test_resnet34_trained_here(cifar10_test, file, stated):
+    """The ResNet34s trained on this CPU and committed in float16 (checkpoints/README.md): their stated accuracy."""
     images, labels = cifar10_test
-    model = load_model(ROOT / "checkpoints" / "resnet34-cifar10-2cycles15-fp16.pt", "resnet34", 10)
+    model = load_model(ROOT / "checkpoints" / file, "resnet34", 10)
     assert model.normalization.name == "imagenet"                     # recorded in the file
     acc = evaluate(model, images, labels, torch.device("cpu"), amp="off")["test_acc"]
-    assert abs(acc - 91.67) <= 0.1, f"resnet34: {acc:.2f}% measured, 91.67% stated"
-
-
-def test_resnet34_weight_average(cifar10_test):
-    """The ResNet34 of the results tables: the weight average of three cycle ends (checkpoints/README.md),
-    committed in float16, at its stated 92.03%."""
-    images, labels = cifar10_test
-    model = load_model(ROOT / "checkpoints" / "resnet34-cifar10-swa3-fp16.pt", "resnet34", 10)
-    acc = evaluate(model, images, labels, torch.device("cpu"), amp="off")["test_acc"]
-    assert abs(acc - 92.03) <= 0.1, f"resnet34: {acc:.2f}% measured, 92.03% stated"
+    assert abs(acc - stated) <= 0.1, f"resnet34 {file}: {acc:.2f}% measured, {stated}% stated"
