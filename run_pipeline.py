@@ -36,6 +36,9 @@ def get_args_parser():
     parser.add_argument("--odin", action="store_true", help="also compute the ODIN baseline (needs input gradients)")
     parser.add_argument("--gram", action="store_true", help="also compute the Gram-matrix baseline (full feature maps)")
     parser.add_argument("--nac", action="store_true", help="also compute NAC-UE's gradient quantities (a backward pass)")
+    parser.add_argument("--nac-taps", default=None, metavar="SPEC",
+                        help="NAC-UE on some taps only (implies --nac): comma-separated indices, tap names or start:stop ranges, "
+                             "e.g. 'trans1.conv1:' (default: all); the backward pass stops at the earliest")
     add_method_args(parser)
     parser.add_argument("--quick", action="store_true",
                         help="reduced run: seeded subsets of 10,000 train, 2,000 test and 2,000 images per OOD set "
@@ -58,7 +61,8 @@ def main(args):
     sets = generate(cfg, lay)
     timings["generate_s"], t = time.time() - t, time.time()
     run = save_features(model, sha, lay, args.ind, cfg.tag, list(sets), device, args.batch_size, odin=args.odin,
-                        gram=args.gram, seed=args.seed, precision=args.precision, nac=args.nac)
+                        gram=args.gram, seed=args.seed, precision=args.precision, nac=args.nac,
+                        nac_taps=args.nac_taps)
     timings["features_s"], t = time.time() - t, time.time()
     la = la_ood(args, model.arch, run)
     oods = [name for name in sets if name not in IND_SPLITS]

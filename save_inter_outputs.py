@@ -47,6 +47,9 @@ def get_args_parser():
     parser.add_argument("--nac", action="store_true",
                         help="also store NAC-UE's per-channel z * dKL/dz of every tap, for every set (Liu et al. 2024; "
                              "a backward pass per batch, about 3x the forward cost)")
+    parser.add_argument("--nac-taps", default=None, metavar="SPEC",
+                        help="NAC-UE on some taps only (implies --nac): comma-separated indices, tap names or start:stop ranges, "
+                             "e.g. 'trans1.conv1:' (default: all); the backward pass stops at the earliest")
     parser.add_argument("--force", action="store_true", help="recompute sets that are already complete")
     return parser
 
@@ -63,7 +66,7 @@ def main(args):
     names = args.sets or list(IND_SPLITS) + generated_sets(lay, args.ind, cfg.tag)
     start = time.time()
     run = save_features(model, sha, lay, args.ind, cfg.tag, names, device, args.batch_size, args.force, args.odin,
-                        args.gram, args.seed, args.precision, nac=args.nac)
+                        args.gram, args.seed, args.precision, nac=args.nac, nac_taps=args.nac_taps)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     log.info(f"features of {len(names)} sets from {model.arch} ({sha[:8]}) on {device} in {time.time() - start:.0f}s "

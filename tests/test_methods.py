@@ -207,3 +207,19 @@ def test_overview_averages_near_and_far_sets():
     (row,) = overview(rows)
     assert row["near"] == 85.0 and row["far"] == 97.0 and row["mean"] == pytest.approx(92.2)
     assert overview(rows, near=("dtd",))[0]["near"] == 95.0        # a set named near counts as near
+
+
+def test_nac_taps_are_chosen_by_index_name_or_range():
+    from utils.nac import select_taps
+    names = ["conv1", "block1.conv", "trans1.conv1", "block2.conv", "fc"]
+    assert select_taps(None, names) == select_taps("all", names) == [0, 1, 2, 3, 4]
+    assert select_taps("trans1.conv1:", names) == [2, 3, 4]
+    assert select_taps(":trans1.conv1", names) == [0, 1]
+    assert select_taps("fc,0,1:3,fc", names) == [0, 1, 2, 4]          # sorted, without repeats
+    assert select_taps("-2:", names) == [3, 4]
+    with pytest.raises(ValueError, match="no tap named 'trans9'.*5 taps are conv1"):
+        select_taps("trans9:", names)
+    with pytest.raises(ValueError, match="tap index 5 is out of range; this model has 5 taps"):
+        select_taps("5", names)
+    with pytest.raises(ValueError, match="selects no tap"):
+        select_taps("3:1", names)

@@ -198,31 +198,42 @@ def test_nnguide_equals_its_formula(vgg16_features):
     np.testing.assert_allclose(_ours(inputs, "NNGuide"), expected, rtol=1e-4)
 
 
-def test_nac_ue_equals_pytorch_ood(tmp_path):
+@pytest.mark.parametrize("spec", [None, "layer2.2.conv2:"])
+def test_nac_ue_equals_pytorch_ood(tmp_path, spec):
     """NAC-UE from stage 2's stored z * dKL/dz (utils/nac.py) against pytorch-ood's NACUE run on the network
-    itself, same layers (every tap of the shared ResNet-20), same hyperparameters, real images."""
-    from utils.nac import Coverage, nac_values
+    itself, same layers (every tap of the shared ResNet-20, or the last eight as ``--nac-taps`` picks them:
+    our pass freezes the parameters and starts the graph at the first of them, pytorch-ood's does neither),
+    same hyperparameters, real images."""
+    from utils.nac import Coverage, nac_values, select_taps
     cfg = DataConfig(ind="cifar10", oods=["dtd"], roots=[need(DATA)], max_train=400, max_test=100, max_ood=100)
     layout = Layout(tmp_path / "gen", tmp_path / "runs")
     generate(cfg, layout)
     model, _ = open_backbone(need(CHECKPOINTS / "resnet20-cifar10-akamaster.th"), "cifar10", "resnet20")
+    taps = select_taps(spec, model.tap_names)
+    assert len(taps) == (20 if spec is None else 8)
+    widths, layers = [model.tap_widths[i] for i in taps], [model.tap_modules[i] for i in taps]
     train = np.asarray(load_images(layout, "cifar10", cfg.tag, "train")[0])
     evaluated = np.concatenate([np.asarray(load_images(layout, "cifar10", cfg.tag, n)[0]) for n in ("test", "dtd")])
     cpu = torch.device("cpu")
-    train_values, eval_values = nac_values(model, train, cpu, 100), nac_values(model, evaluated, cpu, 100)
-    assert train_values.shape == (400, sum(model.tap_widths)) and train_values.dtype == np.float32
-    inputs = methods.Inputs(train={"nac": train_values, "nac_widths": model.tap_widths},
-                            sets={"test": {"nac": eval_values}})
+    train_values = nac_values(model, train, cpu, 100, taps=taps)
+    eval_values = nac_values(model, evaluated, cpu, 100, taps=taps)
+    assert train_values.shape == (400, sum(widths)) and train_values.dtype == np.float32
+    assert all(p.requires_grad for p in model.parameters())                 # unfrozen after the pass
+    inputs = methods.Inputs(train={"nac": train_values, "nac_widths": widths, "nac_taps": taps},
+                            sets={"test": {"nac": eval_values, "nac_taps": taps}})
     ours = methods.get_method("NAC-UE").fn(inputs)["test"]
-    np.testing.assert_array_equal(ours, Coverage(model.tap_widths).fit(train_values).score(eval_values))
+    np.testing.assert_array_equal(ours, Coverage(widths).fit(train_values).score(eval_values))
     norm = model.normalization
     batches = [to_input(train[s:s + 100], normalization=norm) for s in range(0, len(train), 100)]
-    ref = pood.NACUE(model, layers=model.tap_modules).fit(batches)
+    ref = pood.NACUE(model, layers=layers).fit(batches)
     theirs = torch.cat([ref.predict(to_input(evaluated[s:s + 100], normalization=norm))
                         for s in range(0, len(evaluated), 100)]).numpy()
     assert np.mean(np.isclose(ours, theirs, rtol=0, atol=1e-5)) > 0.99       # a state on a bin edge may differ
     assert spearmanr(ours, theirs).statistic > 0.999
     assert len(np.unique(ours)) > 50                                          # coverage varies between images
+    inputs.sets["test"]["nac_taps"] = taps[1:]                               # values of other taps: refused
+    with pytest.raises(ValueError, match="NAC values of other taps than the train split"):
+        methods.get_method("NAC-UE").fn(inputs)
 
 
 def test_react_on_densenet_reads_the_right_inputs_and_equals_pytorch_ood(tmp_path):

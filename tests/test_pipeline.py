@@ -80,6 +80,23 @@ def test_extracted_features_equal_a_plain_forward(small_run, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected_logits.numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_nac_on_some_taps_stores_those_taps_columns(small_run, tmp_path):
+    """``--nac-taps``: the sets' NAC values are the chosen taps' columns of the every-tap values, and the
+    manifest says which taps, so a later run with other taps recomputes rather than reusing."""
+    run = save_inter_outputs.main(save_inter_outputs.get_args_parser().parse_args(
+        small_run["common"] + small_run["model"][:-1] + [str(tmp_path / "runs"), "--sets", "test",
+                                                          "--nac-taps", "layer3.0.conv1:"]))
+    some, every = load_features(run, "test"), load_features(small_run["run"], "test")
+    assert some["nac_taps"] == list(range(13, 20)) and every["nac_taps"] == list(range(20))
+    assert some["manifest"]["settings"]["nac_taps"] == list(range(13, 20))
+    assert "nac_taps" not in every["manifest"]["settings"]             # every tap: the manifest as before
+    widths = every["manifest"]["widths"]
+    start = sum(widths[:13])
+    assert some["nac_widths"] == widths[13:] and some["nac"].shape == (300, sum(widths[13:]))
+    np.testing.assert_allclose(some["nac"], every["nac"][:, start:], rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(some["layers"][4], every["layers"][4])   # the features themselves unchanged
+
+
 def test_rerun_reuses_and_force_recomputes(small_run, caplog):
     args = save_inter_outputs.get_args_parser().parse_args(
         small_run["common"] + small_run["model"] + ["--gram", "--nac"])

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from models import Normalization, load_model
 from models.generic import is_generic, run_name
 
-from .nac import nac_values
+from .nac import nac_values, select_taps
 from .odin import odin as odin_scores
 from .data import NUM_CLASSES, normalization_of, to_input
 from .generate import load_images
@@ -97,13 +97,17 @@ def extract(model, images: np.ndarray, out: Path, device: torch.device, batch_si
 
 def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, names: Sequence[str],
                   device: torch.device, batch_size: int = 256, force: bool = False, odin: bool = False,
-                  gram: bool = False, seed: int = 0, precision: str = "fp32", nac: bool = False) -> Path:
+                  gram: bool = False, seed: int = 0, precision: str = "fp32", nac: bool = False,
+                  nac_taps: Optional[str] = None) -> Path:
     """Features of every set in ``names`` under the run directory; sets already complete are kept.
 
     ``odin`` also stores each image's ODIN score and ``gram`` its per-tap Gram deviations (both need the
     network itself, so they are computed here rather than from saved features; see utils/gram.py); ``nac``
-    stores NAC-UE's gradient quantities of every tap, for every set (utils/nac.py).
+    stores NAC-UE's gradient quantities of every tap, for every set (utils/nac.py), or of the taps that
+    ``nac_taps`` names (:func:`utils.nac.select_taps`; giving it implies ``nac``).
     ``precision`` other than fp32 gets its own run directory (see :meth:`Layout.run`)."""
+    nac = nac or nac_taps is not None
+    nac_chosen = select_taps(nac_taps, model.tap_names) if nac else None
     if (odin or gram or nac) and precision != "fp32":
         raise ValueError("--odin, --gram and --nac run in float32 only; leave out --precision or those flags")
     rank, world = process_group()
@@ -125,6 +129,8 @@ def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, name
             settings.update(gram=True, gram_poles=len(POLES), gram_seed=seed)
         if nac:
             settings.update(nac=True, nac_version=NAC_VERSION)
+            if len(nac_chosen) < model.num_taps:   # absent: every tap, as every run before the option existed
+                settings["nac_taps"] = nac_chosen
         out = layout.features(run, name)
         if is_complete(out, settings) and not force:
             log.info(f"{name}: features already complete in {out}")
@@ -145,7 +151,8 @@ def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, name
                 np.save(tmp / ODIN, odin_scores(model, images, device, batch_size=batch_size,
                                                       progress=f"{name} ODIN"))
             if nac:
-                np.save(tmp / NAC, nac_values(model, images, device, batch_size, progress=f"{name} NAC"))
+                np.save(tmp / NAC, nac_values(model, images, device, batch_size, progress=f"{name} NAC",
+                                              taps=nac_chosen))
         log.info(f"{name}: {len(images)} images x {model.num_taps} layers -> {out}")
     return run
 
@@ -251,7 +258,9 @@ def load_features(run: Path, name: str, expect_sha: Optional[str] = None) -> Dic
     if (d / GRAM).exists():
         out["gram"] = load_array(d / GRAM, rebuild)
     if (d / NAC).exists():
-        out["nac"], out["nac_widths"] = load_array(d / NAC, rebuild, mmap=True), manifest["widths"]
+        taps = manifest["settings"].get("nac_taps", range(len(manifest["widths"])))
+        out["nac"], out["nac_taps"] = load_array(d / NAC, rebuild, mmap=True), list(taps)
+        out["nac_widths"] = [manifest["widths"][i] for i in taps]
     if (d / GRAM_BOUNDS).exists():
         out["gram_bounds"] = GramBounds.load(d / GRAM_BOUNDS)
     return out

@@ -498,9 +498,16 @@ def _nci(inp: Inputs):
     return inp.each(lambda f: _chunked(det.predict_features, f["penultimate"]))
 
 
-@register_method("NAC-UE", ["nac"], "Liu et al., ICLR 2024; every tapped layer, pytorch-ood's alpha 100, M 50, O* 50")
+@register_method("NAC-UE", ["nac"], "Liu et al., ICLR 2024; the taps of --nac (all, or --nac-taps), pytorch-ood's "
+                                    "alpha 100, M 50, O* 50")
 def _nac_ue(inp: Inputs):
     from .nac import Coverage
+    taps = inp.train.get("nac_taps")
+    for name, f in inp.sets.items():
+        if f.get("nac_taps") != taps:
+            raise ValueError(f"NAC-UE: set {name!r} has NAC values of other taps than the train split "
+                             f"({f.get('nac_taps')} against {taps}); rerun save_inter_outputs.py --force with one "
+                             f"--nac-taps for every set")
     coverage = Coverage(inp.train["nac_widths"]).fit(inp.train["nac"])
     return inp.each(lambda f: coverage.score(f["nac"]))
 

@@ -9,6 +9,10 @@ one of ``m`` geometric bins on (0, 1) (dense near 0 and 1); fitting counts each 
 states; an image's coverage of a layer is the mean over its neurons of ``min(count of its bin / o_star, 1)``,
 summed over layers; the OOD score is minus that sum. alpha = 100, m = 50, o_star = 50: pytorch-ood's
 defaults, not tuned on OOD data here.
+
+``--nac-taps`` restricts the quantities to some of the taps (:func:`select_taps`): the backward pass then
+stops at the earliest of them, which is what makes NAC affordable on deep networks whose first taps sit at
+full resolution (DenseNet100: docs/results.md).
 """
 from typing import List, Optional, Sequence
 
@@ -21,16 +25,76 @@ from .data import normalization_of, to_input
 ALPHA, BINS, O_STAR = 100.0, 50, 50
 
 
+def select_taps(spec: Optional[str], names: Sequence[str]) -> List[int]:
+    """Tap indices named by ``spec``, in order, without repeats: comma-separated items, each an index, a tap
+    name, or a range ``start:stop`` of either (stop exclusive, either end may be left out, as in Python).
+    ``None`` or ``"all"``: every tap.
+
+    >>> select_taps("trans2.conv1:", ["conv1", "trans1.conv1", "trans2.conv1", "fc"])
+    [2, 3]
+    """
+    if spec is None or spec.strip() == "all":
+        return list(range(len(names)))
+
+    def index(item: str, end: bool = False) -> int:
+        item = item.strip()
+        if item == "":
+            return len(names) if end else 0
+        if item.lstrip("-").isdigit():
+            i = int(item)
+            i = i + len(names) if i < 0 else i
+            if not 0 <= i <= len(names) - (0 if end else 1):
+                raise ValueError(f"--nac-taps: tap index {item} is out of range; this model has {len(names)} "
+                                 f"taps (0 to {len(names) - 1})")
+            return i
+        if item not in names:
+            raise ValueError(f"--nac-taps: no tap named {item!r}; this model's {len(names)} taps are "
+                             f"{', '.join(names[:3])}, ..., {names[-1]} (`python -c \"from models import "
+                             f"create_model; print(create_model('ARCH').tap_names)\"` lists them all), or give "
+                             f"indices")
+        return names.index(item)
+
+    chosen: List[int] = []
+    for item in spec.split(","):
+        if ":" in item:
+            start, stop = item.split(":", 1)
+            picked = range(index(start), index(stop, end=True))
+        else:
+            picked = [index(item)]
+        chosen += [i for i in picked if i not in chosen]
+    if not chosen:
+        raise ValueError(f"--nac-taps {spec!r} selects no tap; give e.g. 'all', '10:' or '3,7,fc'")
+    return sorted(chosen)
+
+
 def nac_values(model, images: np.ndarray, device: torch.device, batch_size: int = 256,
-               progress: Optional[str] = None) -> np.ndarray:
-    """``(N, sum of tap widths)`` float32: per image and tapped channel, the spatial mean of ``z * dKL/dz``
-    (the taps in order, each ``model.tap_widths[i]`` columns). One forward and one backward pass per batch."""
+               progress: Optional[str] = None, taps: Optional[Sequence[int]] = None) -> np.ndarray:
+    """``(N, sum of the chosen taps' widths)`` float32: per image and tapped channel, the spatial mean of
+    ``z * dKL/dz`` (the taps in ``taps``, default all, in order, each ``model.tap_widths[i]`` columns).
+
+    One forward and one backward pass per batch. The parameters are frozen for the pass and the graph starts
+    at the first chosen tap (a tap output that nothing before it made differentiable is joined to the graph
+    by adding a zero that requires grad), so the layers before it run as in plain inference and the backward
+    reaches only as deep as that tap: the same gradients, at the cost of the chosen part of the network."""
     model.eval()
     norm = normalization_of(model)
     captured: List[torch.Tensor] = []
-    handles = [m.register_forward_hook(lambda _m, _i, out: captured.append(out)) for m in model.tap_modules]
+    anchor = torch.zeros((), device=device, requires_grad=True)
+
+    def capture(_module, _inputs, out):
+        if not out.requires_grad:
+            out = out + anchor
+        captured.append(out)
+        return out
+
+    modules = list(model.tap_modules)
+    chosen = range(len(modules)) if taps is None else taps
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    handles = [modules[i].register_forward_hook(capture) for i in chosen]
     out = []
     try:
+        for p in frozen:
+            p.requires_grad_(False)
         for s in tqdm(range(0, len(images), batch_size), desc=progress or "nac", leave=False,
                       disable=progress is None):
             captured.clear()
@@ -43,6 +107,8 @@ def nac_values(model, images: np.ndarray, device: torch.device, batch_size: int 
     finally:
         for h in handles:
             h.remove()
+        for p in frozen:
+            p.requires_grad_(True)
     return torch.cat(out).numpy()
 
 
