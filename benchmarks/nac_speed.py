@@ -3,9 +3,9 @@
     python benchmarks/nac_speed.py --checkpoint ../shared/checkpoints/densenet100-cifar10-dice.pth.tar \\
         --model densenet100 --taps all trans1.conv1: trans2.conv1: fc
 
-Side by side on the same images, in one run: plain inference (the features pass), the way pytorch-ood's
-NACUE and our first version ran it (parameters requiring grad, so the graph starts at the input and the
-backward also goes down to the first layer), and ``nac_values`` on each tap set (parameters frozen, the graph
+Side by side on the same images, in one run: plain inference (the features pass), the pass as its first
+version here ran it (parameters requiring grad, so the graph starts at the input and the backward goes
+down to the first layer), and ``nac_values`` on each tap set (parameters frozen, the graph
 starting at the first chosen tap). Prints images per second and each row's ratio to the unfrozen every-tap
 pass, and checks that the frozen every-tap pass gives the same values.
 """
