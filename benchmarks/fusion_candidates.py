@@ -19,6 +19,7 @@ far mean; of those, the one with the highest mean of near and far is the pick, i
 Energy's. Otherwise none is picked and tail + Energy stays the headline variant.
 """
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from utils.detectors import TAIL_LEVEL  # noqa: E402
 from utils.features import load_features, load_head  # noqa: E402
 from utils.fitting import load_detectors  # noqa: E402
 from utils.methods import HELD, Inputs, get_method  # noqa: E402
-from utils.paths import Layout, scores_file  # noqa: E402
+from utils.paths import OVERVIEW_CSV, Layout, scores_file  # noqa: E402
 from utils.tables import comparisons, method_row, overview  # noqa: E402
 
 
@@ -88,6 +89,10 @@ def main():
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for row in table:
         print("| " + " | ".join(v if isinstance(v, str) else f"{v:.2f}" for v in row.values()) + " |")
+    saved_row = next(r for r in csv.DictReader(open(saved / OVERVIEW_CSV)) if r["method"] == "LA-OOD tail + Energy")
+    gap = max(abs(float(saved_row[k]) - table[0][k]) for k in ("near", "far", "mean"))
+    print(f"\nLA-OOD tail + Energy against the run's {OVERVIEW_CSV}: largest difference {gap:.4f} "
+          f"({'the same' if gap < 0.005 else 'NOT the same: the run and these inputs disagree'})")
 
 
 if __name__ == "__main__":
