@@ -8,9 +8,14 @@ version here ran it (parameters requiring grad, so the graph starts at the input
 down to the first layer), and ``nac_values`` on each tap set (parameters frozen, the graph
 starting at the first chosen tap). Prints images per second and each row's ratio to the unfrozen every-tap
 pass, and checks that the frozen every-tap pass gives the same values.
+
+``--with-features``: also, per tap set, stage 2's whole work for ``--nac`` timed both ways, side by side: the
+features pass then NAC's pass, and the features taken from NAC's own forward (``extract_with_nac``, what
+stage 2 does), with the ratio of the two and a check that both write the same features.
 """
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import load_model  # noqa: E402
 from utils.data import normalization_of, to_input  # noqa: E402
+from utils.features import extract, extract_with_nac  # noqa: E402
 from utils.nac import _reduce, nac_values, select_taps  # noqa: E402
 
 
@@ -54,6 +60,8 @@ def main():
     parser.add_argument("--count", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--taps", nargs="+", default=["all"], help="--nac-taps specs to time")
+    parser.add_argument("--with-features", action="store_true",
+                        help="also time the features and NAC in two passes against one (stage 2 with --nac)")
     args = parser.parse_args()
     model, cpu = load_model(args.checkpoint, args.model).eval(), torch.device("cpu")
     images = np.ascontiguousarray(np.load(args.images, mmap_mode="r")[:args.count])
@@ -75,11 +83,22 @@ def main():
             rows.append((f"frozen, every tap ({len(taps)})", speed, error))
         else:
             rows.append((f"frozen, {spec} ({len(taps)} taps)", speed, None))
+    if args.with_features:
+        for spec in args.taps:
+            taps = select_taps(spec, model.tap_names)
+            with tempfile.TemporaryDirectory() as two, tempfile.TemporaryDirectory() as one:
+                separate = timed(lambda: (extract(model, images, Path(two), cpu, args.batch_size, progress=False),
+                                          nac_values(model, images, cpu, args.batch_size, taps=taps)))[0]
+                joint = timed(lambda: extract_with_nac(model, images, Path(one), cpu, args.batch_size, taps=taps))[0]
+                gap = max(float(np.abs(np.load(Path(one) / f.name) - np.load(f)).max()) for f in Path(two).glob("*.npy"))
+            rows.append((f"features + NAC {spec}, two passes", separate, None))
+            rows.append((f"features + NAC {spec}, one pass", joint, None))
+            print(f"{spec}: one pass {joint / separate:.2f}x the speed of two; features differ by at most {gap:.1e}")
     print(f"{model.arch}, {len(images)} images, batch {args.batch_size}, {torch.get_num_threads()} threads")
-    print(f"{'pass':44s} {'img/s':>7s} {'x unfrozen':>10s}")
+    print(f"{'pass':48s} {'img/s':>7s} {'x unfrozen':>10s}")
     for name, speed, error in rows:
         note = "" if error is None else f"   values equal to unfrozen's to {error:.1e} (relative)"
-        print(f"{name:44s} {speed:7.1f} {speed / base:10.2f}{note}")
+        print(f"{name:48s} {speed:7.1f} {speed / base:10.2f}{note}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from models import load_model
 from utils.data import to_input
 from utils.detection import detect
 from utils.detectors import LAOOD
-from utils.features import extract, load_features
+from utils.features import extract, extract_with_nac, load_features
+from utils.nac import nac_values
 from utils.fitting import load_detectors, train_detectors
 
 SMALL = ["--max-train", "600", "--max-test", "300", "--max-ood", "300"]
@@ -78,6 +79,27 @@ def test_extracted_features_equal_a_plain_forward(small_run, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "layer_000.npy"), expected_first.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.load(tmp_path / "layer_019.npy"), expected_logits.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), expected_logits.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("taps", [None, list(range(13, 20))])
+def test_features_from_nacs_forward_equal_a_separate_extraction(small_run, tmp_path, taps):
+    """With ``--nac`` stage 2 takes the features from NAC-UE's forward pass (``extract_with_nac``): the same
+    files as the plain extraction, and the same NAC values as a pass of their own."""
+    model = load_model(CHECKPOINTS / "resnet20-cifar10-akamaster.th", "resnet20")
+    images = np.load(small_run["root"] / "gen" / "cifar10" / small_run["run"].name / "test" / "images.npy")[:40]
+    cpu = torch.device("cpu")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "both").mkdir()
+    extract(model, images, tmp_path / "plain", cpu, batch_size=16)
+    values = extract_with_nac(model, images, tmp_path / "both", cpu, batch_size=16, taps=taps)
+    files = sorted(p.name for p in (tmp_path / "plain").glob("*.npy"))
+    assert len(files) == 22 and files == sorted(p.name for p in (tmp_path / "both").glob("*.npy"))
+    for name in files:
+        np.testing.assert_allclose(np.load(tmp_path / "both" / name), np.load(tmp_path / "plain" / name),
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(values, nac_values(model, images, cpu, 16, taps=taps), rtol=1e-5, atol=1e-9)
+    assert values.shape == (40, sum(model.tap_widths[i] for i in (taps or range(20))))
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_nac_on_some_taps_stores_those_taps_columns(small_run, tmp_path):

@@ -75,10 +75,7 @@ def extract(model, images: np.ndarray, out: Path, device: torch.device, batch_si
     n = len(images)
     norm = normalization_of(model)
     autocast = inference_autocast(device, precision)
-    if world == 1:
-        preallocate(model, n, out)
-    names = [layer_file(i, "npy") for i in range(model.num_taps)] + [LOGITS, PENULTIMATE]
-    arrays = [np.load(out / name, mmap_mode="r+") for name in names]
+    arrays = _open_arrays(model, n, out, create=world == 1)
     starts = range(rank * batch_size, n, world * batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):
         stop = min(start + batch_size, n)
@@ -87,8 +84,35 @@ def extract(model, images: np.ndarray, out: Path, device: torch.device, batch_si
                                             penultimate=True, statistic=statistic)
         if on_batch is not None:
             on_batch(start, stop, o)
-        for array, f in zip(arrays, o.features + [o.logits, o.penultimate]):
-            array[start:stop] = f.float().cpu().numpy()
+        _write(arrays, start, stop, o)
+    _close(arrays, out, starts, batch_size)
+
+
+def extract_with_nac(model, images: np.ndarray, out: Path, device: torch.device, batch_size: int = 256,
+                     desc: str = "", taps: Optional[Sequence[int]] = None) -> np.ndarray:
+    """:func:`extract`'s files for ``images`` and NAC-UE's values (:func:`utils.nac.nac_values`, returned)
+    from one forward pass per batch: NAC's forward computes every tap anyway, so the features come with it
+    rather than from a second pass (a quarter of the time of ``--nac`` on DenseNet100: docs/benchmarks.md)."""
+    arrays = _open_arrays(model, len(images), out)
+    values = nac_values(model, images, device, batch_size, progress=desc, taps=taps,
+                        on_batch=lambda start, stop, o: _write(arrays, start, stop, o))
+    _close(arrays, out, range(0, len(images), batch_size), batch_size)
+    return values
+
+
+def _open_arrays(model, n: int, out: Path, create: bool = True) -> List[np.ndarray]:
+    if create:
+        preallocate(model, n, out)
+    names = [layer_file(i, "npy") for i in range(model.num_taps)] + [LOGITS, PENULTIMATE]
+    return [np.load(out / name, mmap_mode="r+") for name in names]
+
+
+def _write(arrays: List[np.ndarray], start: int, stop: int, o) -> None:
+    for array, f in zip(arrays, o.features + [o.logits, o.penultimate]):
+        array[start:stop] = f.detach().float().cpu().numpy()
+
+
+def _close(arrays: List[np.ndarray], out: Path, starts: Sequence[int], batch_size: int) -> None:
     for array in arrays:
         array.flush()
         if not all(np.isfinite(array[s:s + batch_size]).all() for s in starts):
@@ -144,13 +168,16 @@ def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, name
                 _extract_gram_bounds(model, images, labels, tmp, device, batch_size, seed)
             elif gram:
                 _extract_gram_deviations(model, images, tmp, device, batch_size, layout.features(run, "train"))
+            elif nac:   # the features from NAC's own forward pass
+                np.save(tmp / NAC, extract_with_nac(model, images, tmp, device, batch_size,
+                                                    desc=f"{name} (features + NAC)", taps=nac_chosen))
             else:
                 extract(model, images, tmp, device, batch_size, desc=name, precision=precision)
             np.save(tmp / LABELS, labels)
             if with_odin:
                 np.save(tmp / ODIN, odin_scores(model, images, device, batch_size=batch_size,
                                                       progress=f"{name} ODIN"))
-            if nac:
+            if nac and gram:
                 np.save(tmp / NAC, nac_values(model, images, device, batch_size, progress=f"{name} NAC",
                                               taps=nac_chosen))
         log.info(f"{name}: {len(images)} images x {model.num_taps} layers -> {out}")

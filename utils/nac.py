@@ -14,7 +14,7 @@ defaults, not tuned on OOD data here.
 stops at the earliest of them, which is what makes NAC affordable on deep networks whose first taps sit at
 full resolution (DenseNet100: docs/results.md).
 """
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -68,14 +68,19 @@ def select_taps(spec: Optional[str], names: Sequence[str]) -> List[int]:
 
 
 def nac_values(model, images: np.ndarray, device: torch.device, batch_size: int = 256,
-               progress: Optional[str] = None, taps: Optional[Sequence[int]] = None) -> np.ndarray:
+               progress: Optional[str] = None, taps: Optional[Sequence[int]] = None,
+               on_batch: Optional[Callable] = None) -> np.ndarray:
     """``(N, sum of the chosen taps' widths)`` float32: per image and tapped channel, the spatial mean of
     ``z * dKL/dz`` (the taps in ``taps``, default all, in order, each ``model.tap_widths[i]`` columns).
 
     One forward and one backward pass per batch. The parameters are frozen for the pass and the graph starts
     at the first chosen tap (a tap output that nothing before it made differentiable is joined to the graph
     by adding a zero that requires grad), so the layers before it run as in plain inference and the backward
-    reaches only as deep as that tap: the same gradients, at the cost of the chosen part of the network."""
+    reaches only as deep as that tap: the same gradients, at the cost of the chosen part of the network.
+
+    ``on_batch(start, stop, intermediates)``: the forward pass is then ``model.forward_intermediates`` (every
+    tap pooled, the logits and the penultimate features; tensors that may require grad, to be detached), and
+    this sees each batch's, so stage 2 saves the features from the same forward (``extract_with_nac``)."""
     model.eval()
     norm = normalization_of(model)
     captured: List[torch.Tensor] = []
@@ -100,10 +105,13 @@ def nac_values(model, images: np.ndarray, device: torch.device, batch_size: int 
             captured.clear()
             x = to_input(images[s:s + batch_size], device, normalization=norm)
             with torch.enable_grad():
-                p = torch.softmax(model(x), dim=1)
+                o = model.forward_intermediates(x, penultimate=True) if on_batch is not None else None
+                p = torch.softmax(model(x) if o is None else o.logits, dim=1)
                 loss = (-torch.log(p + 1e-12).mean(dim=1)).sum()     # KL(u || p) up to a constant, per image
                 grads = torch.autograd.grad(loss, captured)
             out.append(torch.cat([_reduce(z.detach() * g) for z, g in zip(captured, grads)], 1).float().cpu())
+            if on_batch is not None:
+                on_batch(s, s + len(x), o)
     finally:
         for h in handles:
             h.remove()
