@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.data import NEAR_OODS  # noqa: E402
 from utils.detectors import TAIL_LEVEL  # noqa: E402
 from utils.features import load_features, load_head  # noqa: E402
-from utils.fitting import load_detectors  # noqa: E402
-from utils.methods import HELD, Inputs, get_method  # noqa: E402
+from utils.fitting import load_calibration  # noqa: E402
+from utils.methods import HELD, Inputs, get_method, standardise_on  # noqa: E402
 from utils.paths import OVERVIEW_CSV, Layout, scores_file  # noqa: E402
 from utils.tables import comparisons, method_row, overview  # noqa: E402
 
@@ -40,9 +40,7 @@ def base_z(inp: Inputs, base: str):
     held-back ones (kept under ``HELD``)."""
     held, kept = inp.held_split()
     s = get_method(base).fn(inp.fitted_on(kept, held))
-    ref = s[HELD]
-    std = ref.std() if ref.std() > 0 else 1.0
-    return {n: (v - ref.mean()) / std for n, v in s.items()}
+    return standardise_on({**s, "reference": s[HELD]}, "reference")
 
 
 def excess(z):
@@ -73,11 +71,10 @@ def main():
     run = Path(args.run)
     det_dir, saved = Layout.detectors(run, args.detectors), Layout.results(run, args.detectors)
     names = ["test"] + sorted(p.stem for p in (saved / "scores").glob("*.npy") if p.stem != "test")
-    la = load_detectors(det_dir)
     sets = {n: load_features(run, n) for n in names}
     inp = Inputs(train=load_features(run, "train"), sets=sets, head=load_head(run),
                  layer_scores={n: np.load(scores_file(saved, n)).astype(np.float64) for n in names},
-                 calibration=la.calibration_, seed=args.seed)
+                 calibration=load_calibration(det_dir), seed=args.seed)
     oods = names[1:]
     scores, summary = candidates(inp), []
     for name, i_idx, o_idx in comparisons(len(sets["test"]["logits"]), {n: len(sets[n]["logits"]) for n in oods},

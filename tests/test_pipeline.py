@@ -19,8 +19,8 @@ from utils.data import to_input
 from utils.detection import detect
 from utils.detectors import LAOOD
 from utils.features import extract, extract_with_nac, load_features
-from utils.nac import nac_values
 from utils.fitting import load_detectors, train_detectors
+from utils.nac import nac_values
 
 SMALL = ["--max-train", "600", "--max-test", "300", "--max-ood", "300"]
 

@@ -89,10 +89,11 @@ def extract(model, images: np.ndarray, out: Path, device: torch.device, batch_si
 
 
 def extract_with_nac(model, images: np.ndarray, out: Path, device: torch.device, batch_size: int = 256,
-                     desc: str = "", taps: Optional[Sequence[int]] = None) -> np.ndarray:
+                     desc: Optional[str] = None, taps: Optional[Sequence[int]] = None) -> np.ndarray:
     """:func:`extract`'s files for ``images`` and NAC-UE's values (:func:`utils.nac.nac_values`, returned)
     from one forward pass per batch: NAC's forward computes every tap anyway, so the features come with it
-    rather than from a second pass (a quarter of the time of ``--nac`` on DenseNet100: docs/benchmarks.md)."""
+    rather than from a second pass (1.3-1.9x faster than two passes: docs/benchmarks.md). ``desc``: the
+    progress bar's label (none without it)."""
     arrays = _open_arrays(model, len(images), out)
     values = nac_values(model, images, device, batch_size, progress=desc, taps=taps,
                         on_batch=lambda start, stop, o: _write(arrays, start, stop, o))
