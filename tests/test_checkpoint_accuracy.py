@@ -7,6 +7,8 @@ from models import PRESETS, load_model
 from utils.data import find_source, load_subset
 from utils.engine import evaluate
 
+pytestmark = [pytest.mark.shared, pytest.mark.slow]
+
 
 @pytest.fixture(scope="module")
 def cifar10_test():

@@ -161,6 +161,7 @@ def test_download_failure_is_clear(tmp_path, monkeypatch):
         download_source("svhn", "test", tmp_path)
 
 
+@pytest.mark.shared
 def test_shared_archives_read_in_place():
     src, _ = find_source("cifar10", "test", [need(DATA)])
     assert src.count == 10000 and src.classes[0] == "airplane" and src.classes[-1] == "truck"
@@ -184,7 +185,7 @@ def test_unsafe_set_names_are_refused_before_anything_is_written(tmp_path):
             parse_extra([f"{bad}={tmp_path}"])
     assert parse_extra([f"my-set_2={tmp_path}"]) == {"my-set_2": tmp_path}
     gen = tmp_path / "gen"
-    done = subprocess.run([sys.executable, "generate_datasets.py", "--extra-ood", f"../x={DATA}", "--source-root",
-                           str(DATA), "--data-root", str(gen)], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "generate_datasets.py", "--extra-ood", f"../x={tmp_path}", "--source-root",
+                           str(tmp_path), "--data-root", str(gen)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode != 0 and "'../x' is not allowed" in done.stderr
     assert not gen.exists()

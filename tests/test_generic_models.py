@@ -16,6 +16,7 @@ from utils.features import load_features
 SMALL = ["--max-train", "200", "--max-test", "100", "--max-ood", "100"]
 
 
+@pytest.mark.shared
 def test_generic_path_is_the_registry_mechanism(tmp_path):
     """The shared ResNet-56 through module:factory with the registry's tap names as patterns gives the
     features of --model resnet56, bit for bit, through the stage script."""

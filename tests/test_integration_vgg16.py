@@ -24,6 +24,8 @@ import run_pipeline
 import train_ood_detectors
 from conftest import CHECKPOINTS, DATA, need
 
+pytestmark = [pytest.mark.shared, pytest.mark.slow]
+
 ORIGINAL = {"tiny": 71.21, "dtd": 92.15, "cifar100": 63.61, "pure_color": 99.85}
 TOLERANCE = {"tiny": 4.31, "dtd": 1.0, "cifar100": 2.78, "pure_color": 1.0}   # max(1, 3 sd), from the table above
 

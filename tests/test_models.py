@@ -96,6 +96,7 @@ def test_checkpoint_round_trip_strict(tmp_path, name):
     assert load_model(tmp_path / "plain.pt", name).num_classes == 100
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("file,arch", [("vgg16-cifar10.pt", "vgg16"),
                                        ("resnet20-cifar10-akamaster.th", "resnet20"),
                                        ("resnet56-cifar10-akamaster.th", "resnet56")])
@@ -105,6 +106,7 @@ def test_shared_checkpoints_load_strictly(file, arch):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+@pytest.mark.shared
 def test_wrong_checkpoint_errors_are_clear(tmp_path):
     vgg = need(CHECKPOINTS / "vgg16-cifar10.pt")
     with pytest.raises(ValueError, match="does not fit model resnet34"):
@@ -163,6 +165,7 @@ def test_parse_normalization():
             parse_normalization(bad)
 
 
+@pytest.mark.shared
 def test_densenet_dice_checkpoint_loads_with_its_normalisation():
     model = load_model(need(CHECKPOINTS / "densenet100-cifar10-dice.pth.tar"), "densenet100", 10,
                        parse_normalization("cifar"))

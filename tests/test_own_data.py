@@ -18,6 +18,7 @@ from utils.paths import Layout
 DTD = DATA / "dtd-32x32-10-classes.zip"     # 10 classes of 120 images, in dtd/images/<class>/
 
 
+@pytest.mark.shared
 def test_a_folder_at_64x64_through_stages_1_and_2(tmp_path):
     """DTD's 10 classes as a labelled in-distribution set, split 75/25, made at 64x64 with every OOD set,
     then the features of a torchvision ResNet-18 trained for those 10 classes."""
@@ -46,6 +47,7 @@ def test_a_folder_at_64x64_through_stages_1_and_2(tmp_path):
             common + model[:1] + [str(tmp_path / "r18_7.pt")] + model[2:]))
 
 
+@pytest.mark.shared
 def test_streamed_subsets_equal_the_in_memory_ones(tmp_path):
     source = folder_source(need(DTD), "dtd/images", size=48)
     images, labels = load_subset(source, 500, seed=3, progress=False)

@@ -22,6 +22,8 @@ from utils.features import extract, extract_with_nac, load_features
 from utils.fitting import load_detectors, train_detectors
 from utils.nac import nac_values
 
+pytestmark = [pytest.mark.shared]
+
 SMALL = ["--max-train", "600", "--max-test", "300", "--max-ood", "300"]
 
 
@@ -245,15 +247,16 @@ def test_every_method_is_in_the_tables(small_run):
 
 def test_run_pipeline_checks_inputs_before_writing(tmp_path):
     parse = run_pipeline.get_args_parser().parse_args
-    common = ["--source-root", str(DATA), "--data-root", str(tmp_path / "gen"), "--runs-root", str(tmp_path / "r")]
+    common = ["--source-root", str(need(DATA)), "--data-root", str(tmp_path / "gen"), "--runs-root", str(tmp_path / "r")]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_pipeline.main(parse(common + ["--checkpoint", str(tmp_path / "missing.pt"), "--model", "vgg16"]))
     with pytest.raises(ValueError, match="not allowed"):
-        run_pipeline.main(parse(common + ["--checkpoint", str(CHECKPOINTS / "vgg16-cifar10.pt"), "--model", "vgg16",
+        run_pipeline.main(parse(common + ["--checkpoint", str(need(CHECKPOINTS / "vgg16-cifar10.pt")), "--model", "vgg16",
                                           "--extra-ood", f"../evil={DATA}"]))
     assert not (tmp_path / "gen").exists() and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_auto_and_approximate_detectors_through_the_stages(small_run):
     """--detector auto resolves (exact at this size) and says so; ocsvm-approx is saved, loaded and scored like
     the exact detector; --score-device scores the exact detectors with torch to the same tables."""

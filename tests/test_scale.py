@@ -119,6 +119,8 @@ def test_dask_cluster_fits_the_same_detectors():
     assert np.array_equal(scored_remote, local.score_layers(evaluate))
 
 
+@pytest.mark.shared
+@pytest.mark.slow
 def test_torchrun_features_equal_one_process(tmp_path):
     common = ["--source-root", str(need(DATA)), "--data-root", str(tmp_path / "gen"), "--max-train", "300",
               "--max-test", "200", "--max-ood", "150"]

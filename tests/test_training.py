@@ -72,6 +72,8 @@ def test_resume_continues_exactly(tmp_path):
     assert rows("a") == rows("b") and len(rows("a")) == 3
 
 
+@pytest.mark.shared
+@pytest.mark.slow
 def test_short_real_run_beats_chance(tmp_path):
     """ResNet-20, 3 one-cycle epochs on 2,000 real CIFAR-10 images, tested on 1,000.
 
@@ -161,6 +163,7 @@ def test_recompute_batchnorm_sets_the_mean_over_augmented_batches():
     assert torch.allclose(model[0].running_var, whole, rtol=0.2), (model[0].running_var, whole)
 
 
+@pytest.mark.shared
 def test_missing_training_data_is_a_clear_error(tmp_path):
     args = train_backbone_model.get_args_parser().parse_args([
         "--model", "resnet20", "--ind", "cifar100", "--source-root", str(need(DATA)),
@@ -177,6 +180,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.shared
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -215,6 +220,8 @@ def test_native_bf16_probe_reads_the_cpu_flags():
         assert isinstance(engine.cpu_has_native_bf16(), bool)
 
 
+@pytest.mark.shared
+@pytest.mark.slow
 def test_gpu_run_smoke(tmp_path):
     """benchmarks/gpu_run.sh --smoke: every step of the GPU run, on the CPU at a tiny size, ends well and leaves
     the checkpoint, timing table, logs and environment files in $OUT."""
