@@ -21,7 +21,8 @@ def get_args_parser():
     parser.add_argument("--extra-ood", action="append", default=[], metavar="NAME=PATH",
                         help="an extra OOD set from an image folder or zip archive; repeatable")
     parser.add_argument("--download", action="store_true",
-                        help="fetch sets that torchvision can download when no local source is found")
+                        help="fetch a set that no --source-root holds into the first one: CIFAR-10/100, SVHN and DTD "
+                             "with torchvision, LSUN (resize) and Tiny ImageNet from their public archives")
     parser.add_argument("--force", action="store_true", help="remake sets that are already complete")
     return parser
 

@@ -31,7 +31,9 @@ def get_args_parser():
                              "absent ones are skipped)")
     parser.add_argument("--extra-ood", action="append", default=[], metavar="NAME=PATH",
                         help="an extra OOD set from an image folder or zip archive; repeatable")
-    parser.add_argument("--download", action="store_true", help="let torchvision download sets it offers")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch a set that no --source-root holds into the first one (CIFAR-10/100, SVHN, DTD "
+                             "with torchvision; LSUN (resize) and Tiny ImageNet from their public archives)")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     parser.add_argument("--odin", action="store_true", help="also compute the ODIN baseline (needs input gradients)")
     parser.add_argument("--gram", action="store_true", help="also compute the Gram-matrix baseline (full feature maps)")

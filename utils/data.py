@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from models import PRESETS, Normalization
 
+from .fetch import ARCHIVES, fetch_archive
 from .paths import IND_SPLITS
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
@@ -212,14 +213,15 @@ _FOLDERS = {
     "cifar100": (["cifar100/{split}", "CIFAR100/{split}"], ["cifar100*.zip", "cifar-100*.zip"],
                  "torchvision.datasets.CIFAR100(root, download=True) or --download"),
     "tiny": (["tiny-imagenet-200/test/images", "tiny-imagenet-200/test", "tiny/test"], ["tiny*.zip"],
-             "the Tiny ImageNet zip from http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzipped or as it is"),
+             "--download, or the Tiny ImageNet zip from http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzipped or "
+             "as it is"),
     "dtd": (["dtd/dtd/images", "dtd/images"], ["dtd*.zip"],
             "torchvision.datasets.DTD(root, download=True) or --download"),
     # ODIN's two LSUN test sets (Liang et al. 2018): "LSUN (resize)" first, as the original code resizes the
     # whole LSUN test images to 32x32; then the crop layout.
     "lsun": (["LSUN_resize", "lsun-resize", "LSUN/test", "LSUN", "lsun/test", "lsun"], ["LSUN*.zip", "lsun*.zip"],
-             "ODIN's LSUN (resize) archive (https://github.com/facebookresearch/odin), as it is or extracted to "
-             "LSUN_resize/, or its crop set extracted to LSUN/"),
+             "--download, or ODIN's LSUN (resize) archive (https://github.com/facebookresearch/odin) extracted to "
+             "LSUN_resize/ (or zipped), or its crop set extracted to LSUN/"),
     "svhn": ([], [], "torchvision.datasets.SVHN(root, split='test', download=True) or --download"),
 }
 
@@ -270,7 +272,9 @@ def find_source(name: str, split: str, roots: Sequence[Path], size: int = SIZE) 
 
 
 def download_source(name: str, split: str, root: Path, size: int = SIZE) -> ImageSource:
-    """Fetch a set with torchvision's own download (needs the internet), then read it like any source."""
+    """Fetch a set into ``root`` (needs the internet), then read it like any source: CIFAR-10/100, SVHN and DTD
+    with torchvision's own download, LSUN (resize) and Tiny ImageNet from their public archives
+    (:mod:`utils.fetch`, checksums checked)."""
     import torchvision.datasets as tvd
     root = Path(root)
     makers = {
@@ -279,17 +283,23 @@ def download_source(name: str, split: str, root: Path, size: int = SIZE) -> Imag
         "svhn": lambda: tvd.SVHN(root, split="test", download=True),
         "dtd": lambda: tvd.DTD(root, split="test", download=True),
     }
-    if name not in makers:
-        raise ValueError(f"torchvision offers no download for {name}")
-    try:
-        makers[name]()
-    except Exception as e:
-        raise RuntimeError(f"could not download {name} with torchvision into {root} ({type(e).__name__}: {e}); "
-                           f"without internet access put its files under a --source-root instead") from e
+    if name in ARCHIVES:
+        fetch_archive(name, root)
+    elif name in makers:
+        try:
+            makers[name]()
+        except Exception as e:
+            raise RuntimeError(f"could not download {name} with torchvision into {root} ({type(e).__name__}: {e}); "
+                               f"without internet access put its files under a --source-root instead") from e
+    else:
+        raise ValueError(f"no download is known for {name}")
     source, missing = find_source(name, split, [root, root / "dtd"], size)
     if source is None:
         raise RuntimeError(f"downloaded {name} but could not read it: {missing}")
     return source
+
+
+DOWNLOADABLE = ("cifar10", "cifar100", "svhn", "dtd", *ARCHIVES)
 
 
 # ----------------------------------------------------------------------------- subsets

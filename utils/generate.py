@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .data import (IND_SETS, NUM_CLASSES, OOD_SETS, ORIGINAL_OODS, SIZE, download_source, find_source,
+from .data import (DOWNLOADABLE, IND_SETS, NUM_CLASSES, OOD_SETS, ORIGINAL_OODS, SIZE, download_source, find_source,
                    folder_source, pure_color_source, split_prefix, subset_indices, subset_source, variant, write_subset)
 from .io import StagingDir, is_complete, load_array, read_json
 from .paths import IMAGES, IND_SPLITS, LABELS, MANIFEST, Layout, data_tag
@@ -94,7 +94,7 @@ def _source_for(cfg: DataConfig, name: str):
     else:
         raise ValueError(f"unknown set {name!r}; OOD sets are {', '.join(OOD_SETS)} or --extra-ood NAME=PATH")
     source, missing = find_source(dataset, split, cfg.roots, cfg.image_size)
-    if source is None and cfg.download and dataset in ("cifar10", "cifar100", "svhn", "dtd"):
+    if source is None and cfg.download and dataset in DOWNLOADABLE:
         source = download_source(dataset, split, Path(cfg.roots[0]), cfg.image_size)
     return source, (split if source is not None else missing), limit
 
