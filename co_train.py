@@ -29,6 +29,9 @@ def get_args_parser():
     add_train_args(parser)
     parser.add_argument("--detectors", type=Path, default=None,
                         help="directory of fitted exact One-Class SVM detectors (default: those of --checkpoint's run)")
+    parser.add_argument("--calibration-size", type=int, default=0,
+                        help="use the detectors fitted with this --calibration-size (default 0: those fitted on every "
+                             "train image); --detectors names a directory instead")
     parser.add_argument("--lam", type=float, default=0.001, help="weight lambda of the detector term")
     parser.add_argument("--layers-per-batch", type=int, default=None,
                         help="layers drawn at random per batch (default: all up to 13 layers, else 10)")
@@ -43,7 +46,7 @@ def get_args_parser():
 def main(args):
     device = resolve_device(args.device)
     run, arch, sha = locate_run(args)
-    det_dir = args.detectors or Layout.detectors(run, LAOOD(seed=args.seed).tag)   # the default detectors' directory
+    det_dir = args.detectors or Layout.detectors(run, LAOOD(seed=args.seed, calibration_size=args.calibration_size).tag)
     detectors = load_detectors(det_dir, expect_sha=sha).detectors_
     model = load_model(args.checkpoint, arch, data_config(args).num_classes(), args.normalization, args.taps, args.head).to(device)
     per_batch = args.layers_per_batch or (model.num_taps if model.num_taps <= 13 else 10)

@@ -168,7 +168,7 @@ def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, name
             if gram and name == "train":
                 _extract_gram_bounds(model, images, labels, tmp, device, batch_size, seed)
             elif gram:
-                _extract_gram_deviations(model, images, tmp, device, batch_size, layout.features(run, "train"))
+                _extract_gram_deviations(model, images, tmp, device, batch_size, layout.features(run, "train"), name)
             elif nac:   # the features from NAC's own forward pass
                 np.save(tmp / NAC, extract_with_nac(model, images, tmp, device, batch_size,
                                                     desc=f"{name} (features + NAC)", taps=nac_chosen))
@@ -251,7 +251,7 @@ def _extract_gram_bounds(model, images, labels, out: Path, device, batch_size: i
     bounds.save(out / GRAM_BOUNDS)
 
 
-def _extract_gram_deviations(model, images, out: Path, device, batch_size: int, train_dir: Path) -> None:
+def _extract_gram_deviations(model, images, out: Path, device, batch_size: int, train_dir: Path, name: str) -> None:
     if not (train_dir / GRAM_BOUNDS).exists():
         raise FileNotFoundError(f"Gram deviations need the train split's bounds ({train_dir / GRAM_BOUNDS}); "
                                 f"save the train features with --gram first")
@@ -260,7 +260,7 @@ def _extract_gram_deviations(model, images, out: Path, device, batch_size: int, 
 
     def deviate(start, stop, o):
         devs[start:stop] = bounds.deviations(o.statistics, o.logits.argmax(1).cpu().numpy())
-    extract(model, images, out, device, batch_size, desc=f"{out.name} (+ Gram)", statistic=gram_statistics,
+    extract(model, images, out, device, batch_size, desc=f"{name} (+ Gram)", statistic=gram_statistics,
             on_batch=deviate)
     devs.flush()
 

@@ -1,0 +1,115 @@
+"""Every stage, 0 to 5, on data the test makes itself: needs nothing beside the repository.
+
+A toy in-distribution set (three classes, each noise around its own colour), a seeded uniform-noise OOD folder,
+pure colours and a small SVHN file in torchvision's layout; a ResNet-20 trained for a few batches.
+"""
+import csv
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.io import savemat
+
+import co_train
+import detect_oods
+import generate_datasets
+import run_pipeline
+import save_inter_outputs
+import train_backbone_model
+import train_ood_detectors
+from conftest import image_folder
+from models import load_model
+from utils.features import load_features
+from utils.fitting import load_detectors
+
+
+def _noise_folder(root, n=24, seed=1):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+def _svhn_file(root, n=20, seed=2):
+    """torchvision's ``test_32x32.mat``: X (32, 32, 3, n) uint8, y (n, 1) with 10 for the digit 0."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    savemat(root / "test_32x32.mat", {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
+                                      "y": rng.integers(1, 11, (n, 1)).astype(np.uint8)})
+    return root
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    ind = image_folder(root / "toy", classes=3, per_class=40, seed=0)
+    data = ["--ind", f"toy={ind}", "--source-root", str(_svhn_file(root / "raw")), "--data-root", str(root / "gen"),
+            "--max-ood", "40"]
+    sets = ["--ood", "svhn", "pure_color", "--extra-ood", f"noise={_noise_folder(root / 'noise')}"]
+    # Stage 0: a few batches of training make a checkpoint that records its architecture and classes.
+    train_backbone_model.main(train_backbone_model.get_args_parser().parse_args(
+        data + ["--model", "resnet20", "--out", str(root / "backbone"), "--schedule", "constant", "--epochs", "1",
+                "--batch-size", "20", "--lr", "0.05", "--device", "cpu"]))
+    checkpoint = root / "backbone" / "final.pt"
+    model = data + ["--checkpoint", str(checkpoint), "--runs-root", str(root / "runs"), "--device", "cpu"]
+    detectors = ["--jobs", "1", "--gammas", "0.01", "0.1", "--calibration-size", "30"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # a user reads a warning as trouble: the stages raise none
+        gen = generate_datasets.main(generate_datasets.get_args_parser().parse_args(data + sets))
+        run = save_inter_outputs.main(save_inter_outputs.get_args_parser().parse_args(
+            model + ["--batch-size", "32", "--gram", "--nac"]))
+        det = train_ood_detectors.main(train_ood_detectors.get_args_parser().parse_args(model + detectors))
+        summary = detect_oods.main(detect_oods.get_args_parser().parse_args(model + detectors))
+    return {"root": root, "data": data, "sets": sets, "model": model, "detectors": detectors,
+            "checkpoint": checkpoint, "gen": gen, "run": run, "det": det, "summary": summary}
+
+
+def test_stages_0_to_4_write_what_the_next_reads(toy):
+    assert set(toy["gen"]) == {"train", "test", "svhn", "pure_color", "noise"}
+    assert toy["gen"]["svhn"]["count"] == 20 and toy["gen"]["train"]["classes"] == ["class0", "class1", "class2"]
+    saved = torch.load(toy["checkpoint"], weights_only=True)
+    assert saved["arch"] == "resnet20" and saved["num_classes"] == 3
+    train = load_features(toy["run"], "train")
+    assert len(train["layers"]) == 20 and train["layers"][0].shape == (120, 16)
+    assert train["logits"].shape == (120, 3) and np.isfinite(train["nac"]).all()
+    la = load_detectors(toy["det"])
+    assert len(la.detectors_) == 20 and la.calibration_size == 30
+    rows = {(r["ood"], r["method"]): r for r in toy["summary"]}
+    for name in ("svhn", "pure_color", "noise"):
+        assert rows[(name, "LA-OOD")]["n"] == {"svhn": 20, "pure_color": 40, "noise": 24}[name]
+        for method in ("LA-OOD", "LA-OOD tail + Energy", "Energy", "KNN", "Gram", "NAC-UE"):
+            assert 0 <= rows[(name, method)]["auroc"] <= 100
+    # SVHN joins the overview as a far-OOD set; no near set was made.
+    res = toy["run"] / "results" / toy["det"].name
+    overview = {r["method"]: r for r in csv.DictReader(open(res / "overview.csv"))}
+    far = [rows[(n, "LA-OOD")]["auroc"] for n in ("svhn", "pure_color", "noise")]
+    assert overview["LA-OOD"]["near"] == "" and float(overview["LA-OOD"]["far"]) == pytest.approx(np.mean(far))
+    assert sorted(p.name for p in res.glob("*.png"))       # the figures were drawn
+
+
+def test_the_pipeline_script_reuses_every_stage(toy, caplog):
+    """run_pipeline.py with the stages' flags finds their outputs complete and recomputes nothing."""
+    import logging
+    args = run_pipeline.get_args_parser().parse_args(toy["model"] + toy["sets"] + toy["detectors"]
+                                                     + ["--batch-size", "32", "--gram", "--nac"])
+    with caplog.at_level(logging.INFO):
+        rows = run_pipeline.main(args)
+    assert sum("already complete" in r.message for r in caplog.records) >= 5 + 5      # images and features
+    assert {(r["ood"], r["method"], r["auroc"]) for r in rows} == \
+        {(r["ood"], r["method"], r["auroc"]) for r in toy["summary"]}
+
+
+def test_stage_5_co_trains_from_the_fitted_detectors(toy):
+    out = toy["root"] / "cotrained"
+    rows = co_train.main(co_train.get_args_parser().parse_args(
+        toy["model"] + ["--calibration-size", "30", "--epochs", "1", "--batch-size", "20", "--max-batches", "2", "--lam", "1", "--out", str(out)]))
+    assert len(rows) == 1 and 0 <= rows[0]["test_acc"] <= 100
+    before = load_model(toy["checkpoint"])
+    after = load_model(out / "final.pt")
+    assert after.num_taps == before.num_taps == 20
+    changed = [name for name, p in after.state_dict().items()
+               if p.dtype.is_floating_point and not torch.equal(p, before.state_dict()[name])]
+    assert changed                                                # the backbone moved
