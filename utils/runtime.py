@@ -16,10 +16,23 @@ from .io import read_json, sha256_file
 from .paths import MANIFEST, Layout
 
 
+# Loggers of this repository: its packages and its scripts (the stages log as ``utils.*``, scripts by their name).
+OWN_LOGGERS = frozenset({"utils", "models", "detectors", "benchmarks", "__main__"}
+                        | {p.stem for p in Path(__file__).resolve().parents[1].glob("*.py")})
+
+
+def _own_or_warning(record: logging.LogRecord) -> bool:
+    """Progress lines of this repository, and warnings of anyone: other libraries' INFO chatter (faiss's
+    loader reports every optional CPU library it did not find) would read to a user as trouble."""
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] in OWN_LOGGERS
+
+
 def run_script(main, get_args_parser) -> None:
     """A stage script's entry point: progress as log lines on stderr, and bad input ends with one clear
     line instead of a traceback. (Library callers configure ``logging`` as they like: the stages only log.)"""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_own_or_warning)
     try:
         main(get_args_parser().parse_args())
     except (ValueError, FileNotFoundError, RuntimeError) as e:
