@@ -1,6 +1,6 @@
 """The approximate One-Class SVM (ocsvm-approx) against the exact one, side by side on the same features.
 
-    python benchmarks/approx_detector.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt
+    python -m benchmarks.approx_detector --checkpoint ../shared/checkpoints/vgg16-cifar10.pt
 
 Fits the whole detector stage (every layer: scaler, SAS gamma selection, final fit; 2 layers at a time)
 with ``ocsvm`` and with ``ocsvm-approx`` (at each ``--components`` landmark count) on the run's train
@@ -11,22 +11,19 @@ The exact detectors are scored with the torch decision function in float64 (equa
 Needs the run's features (run_pipeline.py, or generate_datasets.py + save_inter_outputs.py).
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detector_speed import find_run, la_auroc  # noqa: E402
-from utils.detectors import LAOOD  # noqa: E402
-from utils.detectors.approx import ApproxOCSVM  # noqa: E402
-from utils.detectors.ocsvm import ExactOCSVM  # noqa: E402
+from benchmarks.detector_speed import find_run, la_auroc
+from utils.detectors import LAOOD
+from utils.detectors.approx import ApproxOCSVM
+from utils.detectors.ocsvm import ExactOCSVM
 
 EXACT, APPROX = ExactOCSVM.name, ApproxOCSVM.name
 
 
-def main():
+def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="backbone whose features are used")
     p.add_argument("--runs-root", default="runs", help="root of the runs")
@@ -38,7 +35,10 @@ def main():
     p.add_argument("--jobs", type=int, default=2, help="layers fitted in parallel")
     p.add_argument("--select-size", type=int, default=None,
                    help="the approximation's gamma subsample (default: the detector's, APPROX_SELECT_SIZE)")
-    args = p.parse_args()
+    return p
+
+
+def main(args):
     run, train, test, oods = find_run(args.checkpoint, args.runs_root, args.ind)
     n = len(train["logits"])
     idx = np.sort(np.random.default_rng(args.seed).choice(n, min(args.n_train or n, n), replace=False))
@@ -73,4 +73,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

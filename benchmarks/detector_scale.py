@@ -1,6 +1,6 @@
 """The detector stage at 10^4 to 10^6 training vectors: wall time and peak memory, exact and approximate.
 
-    python benchmarks/detector_scale.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt \
+    python -m benchmarks.detector_scale --checkpoint ../shared/checkpoints/vgg16-cifar10.pt \
         --sizes 10000 100000 1000000 --exact-max 10000 --plot docs/detector_scale.png
 
 For every n, 13 layers with VGG16's widths are written as ``.npy`` files and fitted from memory maps
@@ -18,7 +18,6 @@ import argparse
 import csv
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -27,12 +26,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from detector_speed import find_run
+from benchmarks.detector_speed import find_run
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils.detectors import LAOOD  # noqa: E402
-from utils.detectors.approx import ApproxOCSVM  # noqa: E402
-from utils.detectors.ocsvm import ExactOCSVM  # noqa: E402
+from utils.detectors import LAOOD
+from utils.detectors.approx import ApproxOCSVM
+from utils.detectors.ocsvm import ExactOCSVM
 
 EXACT, APPROX = ExactOCSVM.name, ApproxOCSVM.name
 
@@ -108,7 +106,7 @@ def write_layers(directory: Path, n: int, real, seed: int, chunk: int = 20000):
                   else "real CIFAR-10 train features")
 
 
-def main():
+def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="backbone whose features are used (VGG16: 13 layers)")
     p.add_argument("--runs-root", default="runs", help="root of the runs")
@@ -120,7 +118,10 @@ def main():
                                                                  "directory; 10^6 x VGG16 takes 17 GB)")
     p.add_argument("--plot", type=Path, default=None, help="log-log plot of time against n (PNG); CSV beside it")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    return p
+
+
+def main(args):
     run, train, _, _ = find_run(args.checkpoint, args.runs_root, args.ind)
     real = train["layers"]
     print(f"{len(real)} layers, widths {[X.shape[1] for X in real]}; real features: {run} ({len(real[0]):,})\n")
@@ -180,4 +181,4 @@ def write_plot(rows, path: Path):
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

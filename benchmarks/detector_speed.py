@@ -5,7 +5,7 @@ all train features, a 70/30 split, SAS with a Python loop over points, all seven
 70% part, and a refit on all train features. Both are timed over the whole detector stage
 (standardise, shift, select, refit) and both are scored on the same balanced OOD comparisons.
 
-    python benchmarks/detector_speed.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --n-train 10000
+    python -m benchmarks.detector_speed --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --n-train 10000
 
 Needs the run's features (run_pipeline.py, or generate_datasets.py + save_inter_outputs.py).
 """
@@ -23,12 +23,11 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils.detectors import GAMMAS, LAOOD, NU, sas_k  # noqa: E402
-from utils.features import load_features  # noqa: E402
-from utils.io import sha256_file  # noqa: E402
-from utils.metrics import ood_metrics  # noqa: E402
-from utils.tables import balanced_indices  # noqa: E402
+from utils.detectors import GAMMAS, LAOOD, NU, sas_k
+from utils.features import load_features
+from utils.io import sha256_file
+from utils.metrics import ood_metrics
+from utils.tables import balanced_indices
 
 
 def reference_layer(X, seed):
@@ -90,7 +89,7 @@ def find_run(checkpoint, runs_root, ind):
     return run, load_features(run, "train"), load_features(run, "test"), oods
 
 
-def main():
+def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="backbone whose features are used")
     p.add_argument("--runs-root", type=Path, default=Path("runs"), help="root of the runs")
@@ -99,7 +98,10 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="seed of the subset, the split and the evaluation")
     p.add_argument("--jobs", type=int, default=-1, help="parallel layers for this repository's version")
     p.add_argument("--skip-reference", action="store_true", help="time only this repository's version")
-    args = p.parse_args()
+    return p
+
+
+def main(args):
     run, train, test, oods = find_run(args.checkpoint, args.runs_root, args.ind)
     idx = np.sort(np.random.default_rng(args.seed).choice(len(train["logits"]), min(args.n_train, len(train["logits"])),
                                                           replace=False))
@@ -126,4 +128,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

@@ -4,7 +4,7 @@
 Needs a full-size run with calibrated detectors, e.g. for the shared VGG16:
 
     python detect_oods.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --model vgg16 --calibration-size 5000
-    python benchmarks/explore_combinations.py --model vgg16 [--knn]
+    python -m benchmarks.explore_combinations --model vgg16 [--knn]
 
 z is a layer's score standardised on the train images held back from the detectors; energy is
 standardised on the same images; "tail excess at q" is how far z lies beyond the held-out q-quantile of
@@ -12,32 +12,33 @@ that layer (0 inside it). Exploratory: rows that vary a choice (q, the number of
 used to pick it, since that would be tuning on OOD data. `--knn` adds per-layer KNN (a few minutes).
 """
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils.methods import KNN, Mahalanobis, energy  # noqa: E402
-from utils.detectors import LAOOD, Calibration, calibration_split, early_exit  # noqa: E402
-from utils.features import load_features  # noqa: E402
-from utils.metrics import ood_metrics  # noqa: E402
-from utils.paths import Layout, scores_file  # noqa: E402
-from utils.fitting import load_detectors  # noqa: E402
-from utils.tables import balanced_indices  # noqa: E402
+from utils.methods import KNN, Mahalanobis, energy
+from utils.detectors import LAOOD, Calibration, calibration_split, early_exit
+from utils.features import load_features
+from utils.metrics import ood_metrics
+from utils.paths import Layout, scores_file
+from utils.fitting import load_detectors
+from utils.tables import balanced_indices
 
 SETS = ("tiny", "dtd", "cifar100", "pure_color")
 CHECKPOINT_TAGS = {"vgg16": "vgg16-ce8d1176", "resnet20": "resnet20-12fca82f", "resnet56": "resnet56-4bfd9763"}
 
 
-def main():
+def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vgg16", choices=sorted(CHECKPOINT_TAGS))
     parser.add_argument("--run", help="run directory (default: the full-size run of the shared checkpoint)")
     parser.add_argument("--calibration-size", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--knn", action="store_true", help="also per-layer KNN (k = 50)")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args):
     run = Path(args.run or f"runs/cifar10/{CHECKPOINT_TAGS[args.model]}/trainall-testall-ood10000-seed0")
     tag = LAOOD(seed=args.seed, calibration_size=args.calibration_size).tag    # the default detectors
     la = load_detectors(run / "detectors" / tag)
@@ -115,4 +116,4 @@ def main():
         row(f"energy z + max tail excess at 0.99 of per-layer {name}", lambda n: e(n) + XD[n].max(1))
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

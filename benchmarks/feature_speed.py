@@ -1,6 +1,6 @@
 """Feature extraction against the bare forward pass of the same model, same batches, device and precision.
 
-    python benchmarks/feature_speed.py --images 2048 --repeats 3
+    python -m benchmarks.feature_speed --images 2048 --repeats 3
 
 Prints images per second of ``model(x)`` alone and of ``utils.features.extract`` (every tap pooled on
 the device and written into preallocated ``.npy`` files), and their ratio, for VGG16 and ResNet-56.
@@ -14,10 +14,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import create_model  # noqa: E402
-from utils.data import find_source, load_subset, to_input  # noqa: E402
-from utils.features import extract  # noqa: E402
+from models import create_model
+from utils.data import find_source, load_subset, to_input
+from utils.features import extract
 
 
 @torch.inference_mode()
@@ -47,8 +46,11 @@ def test_images(args):
     return load_subset(source, args.images, seed=0, progress=False)[0]
 
 
-def main():
-    args = timing_parser(__doc__, 2048, 3, ["vgg16", "resnet56"]).parse_args()
+def get_args_parser():
+    return timing_parser(__doc__, 2048, 3, ["vgg16", "resnet56"])
+
+
+def main(args):
     device = torch.device(args.device)
     images = test_images(args)
     print(f"{len(images)} CIFAR-10 test images, batch {args.batch_size}, float32, {device}, "
@@ -71,4 +73,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

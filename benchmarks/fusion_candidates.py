@@ -1,6 +1,6 @@
 """Candidate layer-adaptive variants beyond LA-OOD tail + Energy (issue 17, item 5), on one full-size run.
 
-    python benchmarks/fusion_candidates.py --run runs/cifar10/vgg16-ce8d1176/trainall-testall-ood10000-seed0
+    python -m benchmarks.fusion_candidates --run runs/cifar10/vgg16-ce8d1176/trainall-testall-ood10000-seed0
 
 Reads what a full run saved (features, the calibrated detectors, the per-layer scores of every set) and
 prints AUROC per set with near, far and mean, on the same balanced comparisons as ``summary.md``, for
@@ -20,19 +20,17 @@ Energy's. Otherwise none is picked and tail + Energy stays the headline variant.
 """
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils.data import NEAR_OODS  # noqa: E402
-from utils.detectors import TAIL_LEVEL  # noqa: E402
-from utils.features import load_features, load_head  # noqa: E402
-from utils.fitting import load_calibration  # noqa: E402
-from utils.methods import HELD, Inputs, get_method, standardise_on  # noqa: E402
-from utils.paths import OVERVIEW_CSV, Layout, scores_file  # noqa: E402
-from utils.tables import comparisons, method_row, overview  # noqa: E402
+from utils.data import NEAR_OODS
+from utils.detectors import TAIL_LEVEL
+from utils.features import load_features, load_head
+from utils.fitting import load_calibration
+from utils.methods import HELD, Inputs, get_method, standardise_on
+from utils.paths import OVERVIEW_CSV, Layout, scores_file
+from utils.tables import comparisons, method_row, overview
 
 
 def base_z(inp: Inputs, base: str):
@@ -62,12 +60,15 @@ def candidates(inp: Inputs):
     }
 
 
-def main():
+def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a full-size run directory (runs/cifar10/MODEL-SHA/...)")
     parser.add_argument("--detectors", default="ocsvm-cal5000-seed0", help="the detectors' tag")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser
+
+
+def main(args):
     run = Path(args.run)
     det_dir, saved = Layout.detectors(run, args.detectors), Layout.results(run, args.detectors)
     names = ["test"] + sorted(p.stem for p in (saved / "scores").glob("*.npy") if p.stem != "test")
@@ -93,4 +94,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

@@ -26,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
+from utils.io import export_half, write_text
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from utils.io import export_half, write_text  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 VGG16 = SHARED / "checkpoints" / "vgg16-cifar10.pt"
@@ -133,7 +133,7 @@ def main(args):
     resnet34 = half if half.exists() else train_dir / "final.pt"
 
     # 2. Bare forward pass against feature extraction, side by side.
-    steps.run("speed", [py, "benchmarks/feature_speed.py", "--source-root", args.source_root, "--device", device,
+    steps.run("speed", [py, "-m", "benchmarks.feature_speed", "--source-root", args.source_root, "--device", device,
                         "--images", cfg["images"], "--repeats", cfg["repeats"],
                         "--models", "vgg16", "resnet34", "densenet100"])
 
@@ -148,7 +148,7 @@ def main(args):
     vgg = [*data, *runs, "--model", "vgg16", "--checkpoint", VGG16, "--jobs", str(os.cpu_count() or 1)]
     steps.run("detectors", [py, "train_ood_detectors.py", *vgg])
     steps.run("detect", [py, "detect_oods.py", *vgg, "--score-device", device])
-    steps.run("score-speed", [py, "benchmarks/score_speed.py", "--checkpoint", VGG16, "--runs-root", out / "runs",
+    steps.run("score-speed", [py, "-m", "benchmarks.score_speed", "--checkpoint", VGG16, "--runs-root", out / "runs",
                               "--device", device, "--images", cfg["images"]])
 
     lines = [f"device {device}; {'smoke' if args.smoke else 'full'} run; output {out}", "",

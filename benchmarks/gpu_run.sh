@@ -5,4 +5,4 @@
 #     bash benchmarks/gpu_run.sh --smoke
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec python benchmarks/gpu_run.py "$@"
+exec python -m benchmarks.gpu_run "$@"

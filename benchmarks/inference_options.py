@@ -1,24 +1,22 @@
 """What makes a backbone's forward pass faster on this machine: precision, memory format, batch size,
 threads and ``torch.compile``, each timed beside plain float32 in one run.
 
-    python benchmarks/inference_options.py --models densenet100 --images 1024
+    python -m benchmarks.inference_options --models densenet100 --images 1024
 
 Prints images per second of the bare forward pass for every option and its ratio to float32
 (NCHW, batch 256, all threads), best of ``--repeats`` alternating rounds to damp machine noise.
 The options that change numbers (bfloat16) are also compared by how far their pooled features
 move: the median relative error of every tap's pooled output against float32.
 """
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import create_model, load_model  # noqa: E402
-from feature_speed import test_images, timing_parser  # noqa: E402
-from utils.data import to_input  # noqa: E402
-from utils.features import inference_autocast  # noqa: E402
+from models import create_model, load_model
+from benchmarks.feature_speed import test_images, timing_parser
+from utils.data import to_input
+from utils.features import inference_autocast
 
 # name -> (precision, channels_last, batch size or None for --batch-size, threads or None for all, compile)
 OPTIONS = {
@@ -49,13 +47,16 @@ def forward_all(model, images, batch_size, device, precision, channels_last, poo
     return torch.cat(feats) if pooled else None
 
 
-def main():
+def get_args_parser():
     p = timing_parser(__doc__, 1024, 2, ["densenet100"])
     p.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS), metavar="OPTION",
                    help=f"options to time (default: all of {', '.join(OPTIONS)})")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="trained weights for the (single) model, e.g. the shared DenseNet; default: random init")
-    args = p.parse_args()
+    return p
+
+
+def main(args):
     device = torch.device(args.device)
     images = test_images(args)
     threads = torch.get_num_threads()
@@ -95,4 +96,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

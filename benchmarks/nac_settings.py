@@ -1,6 +1,6 @@
 """NAC-UE under two settings, on the features of a finished run: why its registry row is weak here.
 
-    python benchmarks/nac_settings.py --run runs/cifar10/resnet20-12fca82f/trainall-testall-ood10000-seed0
+    python -m benchmarks.nac_settings --run runs/cifar10/resnet20-12fca82f/trainall-testall-ood10000-seed0
 
 The registry's ``NAC-UE`` (``--nac`` in stage 2) uses every tapped layer with pytorch-ood's defaults (sigmoid
 alpha 100, M = 50 bins, O* = 50) and coverage counted on all the detectors' train images. NAC-UE's authors
@@ -18,17 +18,15 @@ and DenseNet-BC, 16 for this repository's ResNet34, 1 for the original VGG16).
 """
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils.data import NEAR_OODS  # noqa: E402
-from utils.features import load_head  # noqa: E402
-from utils.metrics import ood_metrics  # noqa: E402
-from utils.nac import Coverage  # noqa: E402
-from utils.splits import held_split  # noqa: E402
+from utils.data import NEAR_OODS
+from utils.features import load_head
+from utils.metrics import ood_metrics
+from utils.nac import Coverage
+from utils.splits import held_split
 
 AUTHORS = {"avgpool": (100.0, 50, 50), "layer3": (1000.0, 500, 100)}   # alpha, M, O* of their CIFAR-10 config
 
@@ -54,12 +52,15 @@ def nac_scores(train: np.ndarray, sets, layers, last_map: int):
     return total
 
 
-def main():
+def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", type=Path, required=True, help="runs/<ind>/<model>-<sha>/<data tag>")
     p.add_argument("--last-map", type=int, default=64, help="H x W of the map the penultimate features pool")
     p.add_argument("--train", type=int, nargs="+", default=[1000, 0], help="train images counted (0: all)")
-    args = p.parse_args()
+    return p
+
+
+def main(args):
     feats = args.run / "features"
     head = load_head(args.run)
     oods = sorted(d.name for d in feats.iterdir() if d.is_dir() and d.name not in ("train", "test"))
@@ -86,4 +87,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

@@ -1,6 +1,6 @@
 """NAC-UE's stage-2 pass (utils/nac.py): how its cost depends on the taps, and what freezing the parameters saves.
 
-    python benchmarks/nac_speed.py --checkpoint ../shared/checkpoints/densenet100-cifar10-dice.pth.tar \\
+    python -m benchmarks.nac_speed --checkpoint ../shared/checkpoints/densenet100-cifar10-dice.pth.tar \\
         --model densenet100 --taps all trans1.conv1: trans2.conv1: fc
 
 Side by side on the same images, in one run: plain inference (the features pass), the pass as its first
@@ -14,7 +14,6 @@ features pass then NAC's pass, and the features taken from NAC's own forward (``
 stage 2 does), with the ratio of the two and a check that both write the same features.
 """
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import load_model  # noqa: E402
-from utils.data import normalization_of, to_input  # noqa: E402
-from utils.features import extract, extract_with_nac  # noqa: E402
-from utils.nac import _reduce, nac_values, select_taps  # noqa: E402
+from models import load_model
+from utils.data import normalization_of, to_input
+from utils.features import extract, extract_with_nac
+from utils.nac import _reduce, nac_values, select_taps
 
 
 def unfrozen(model, images, device, batch_size):
@@ -51,7 +49,7 @@ def plain(model, images, device, batch_size):
             model(to_input(images[s:s + batch_size], device, normalization=normalization_of(model)))
 
 
-def main():
+def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--model", default=None)
@@ -62,7 +60,10 @@ def main():
     parser.add_argument("--taps", nargs="+", default=["all"], help="--nac-taps specs to time")
     parser.add_argument("--with-features", action="store_true",
                         help="also time the features and NAC in two passes against one (stage 2 with --nac)")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args):
     model, cpu = load_model(args.checkpoint, args.model).eval(), torch.device("cpu")
     images = np.ascontiguousarray(np.load(args.images, mmap_mode="r")[:args.count])
     nac_values(model, images[:args.batch_size], cpu, args.batch_size)        # warm-up
@@ -102,4 +103,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

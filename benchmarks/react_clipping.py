@@ -1,6 +1,6 @@
 """Why ReAct falls below Energy on a backbone: its clipping level against the penultimate activations.
 
-    python benchmarks/react_clipping.py --checkpoint ../shared/checkpoints/densenet100-cifar10-dice.pth.tar \\
+    python -m benchmarks.react_clipping --checkpoint ../shared/checkpoints/densenet100-cifar10-dice.pth.tar \\
         --model densenet100 --source-root ../shared/data
 
 On seeded subsets (``--train`` train images for the clipping level, ``--per-set`` images of the test split
@@ -11,19 +11,17 @@ tables use; the others are shown to explain, not to choose), the share of activa
 clipped and the AUROC of each set. The percentile 100 row is Energy (nothing clipped).
 """
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils.data import normalization_of, subset_indices, to_input  # noqa: E402
-from utils.features import open_backbone  # noqa: E402
-from utils.generate import DataConfig, default_oods, generate, load_images  # noqa: E402
-from utils.methods import energy, linear, react_threshold  # noqa: E402
-from utils.metrics import ood_metrics  # noqa: E402
-from utils.paths import Layout  # noqa: E402
+from utils.data import normalization_of, subset_indices, to_input
+from utils.features import open_backbone
+from utils.generate import DataConfig, default_oods, generate, load_images
+from utils.methods import energy, linear, react_threshold
+from utils.metrics import ood_metrics
+from utils.paths import Layout
 
 
 def penultimate_and_logits(model, images: np.ndarray, batch_size: int = 250):
@@ -38,7 +36,7 @@ def penultimate_and_logits(model, images: np.ndarray, batch_size: int = 250):
     return torch.cat(pens).numpy(), torch.cat(logits).numpy()
 
 
-def main():
+def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--model", required=True)
@@ -49,7 +47,10 @@ def main():
     p.add_argument("--cache", type=Path, default=None,
                    help="an .npz to keep the penultimate features in (read when it exists: the forward passes are the slow part)")
     p.add_argument("--percentiles", type=float, nargs="+", default=[80, 90, 95, 99, 99.9, 100])
-    args = p.parse_args()
+    return p
+
+
+def main(args):
     torch.set_grad_enabled(False)
     cfg = DataConfig(ind="cifar10", roots=args.source_root)
     layout = Layout(args.data_root, Layout.runs_root)
@@ -99,4 +100,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

@@ -1,6 +1,6 @@
 """Scoring the One-Class SVM layers: the detectors' own decision function (NumPy) against torch on a device.
 
-    python benchmarks/score_speed.py --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --device cpu
+    python -m benchmarks.score_speed --checkpoint ../shared/checkpoints/vgg16-cifar10.pt --device cpu
 
 Loads the run's detectors (``--tag``, default ``ocsvm-seed0`` as train_ood_detectors.py writes them) and scores the test
 split's features of every layer three ways, side by side, best of ``--repeats``: the detectors'
@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from detector_speed import find_run
+from benchmarks.detector_speed import find_run
 from utils.detectors import LAOOD, ood_score
 from utils.fitting import load_detectors
 from utils.paths import Layout
@@ -32,7 +32,7 @@ def timed(fn, repeats):
     return best, out
 
 
-def main():
+def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="backbone whose run is used")
     p.add_argument("--runs-root", default="runs", help="root of the runs")
@@ -43,7 +43,10 @@ def main():
     p.add_argument("--tag", default=LAOOD(seed=0).tag,
                    help="detector directory of the run (default: the default detectors, ocsvm-seed0; e.g. "
                         "ocsvm-cal5000-seed0)")
-    args = p.parse_args()
+    return p
+
+
+def main(args):
     run, _, test, _ = find_run(args.checkpoint, args.runs_root, args.ind)
     det_dir = Layout.detectors(run, args.tag)
     la = load_detectors(det_dir)
@@ -65,4 +68,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

@@ -1,7 +1,7 @@
 """Training throughput of the engine's options side by side, and a plain loop in the original code's style.
 
-    python benchmarks/train_speed.py --model resnet34 --batches 8
-    python benchmarks/train_speed.py --model vgg16 --options plain fp32 bf16-cl-fastconv
+    python -m benchmarks.train_speed --model resnet34 --batches 8
+    python -m benchmarks.train_speed --model vgg16 --options plain fp32 bf16-cl-fastconv
 
 Every option runs the same SGD step of ``utils.engine.train_one_epoch`` (batched tensor augmentation) on a
 fresh model from the same seed, for ``--warmup`` untimed and ``--batches`` timed steps, in one process, one
@@ -25,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import PRESETS, create_model  # noqa: E402
-from utils.data import find_source, load_subset  # noqa: E402
-from utils.engine import cpu_has_native_bf16, cross_entropy, train_one_epoch  # noqa: E402
-from utils.fastconv import use_unfold_weight_grad  # noqa: E402
+from models import PRESETS, create_model
+from utils.data import find_source, load_subset
+from utils.engine import cpu_has_native_bf16, cross_entropy, train_one_epoch
+from utils.fastconv import use_unfold_weight_grad
 
 OPTIONS = ("plain", "fp32", "fp32-cl", "bf16", "bf16-cl", "bf16-cl-fastconv", "bf16-cl-compile")
 
@@ -81,7 +80,7 @@ def engine_loop(option, model, images, labels, batch_size, batches, warmup):
                            max_batches=batches, **kw)["images_per_s"]
 
 
-def main():
+def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
                    help="where the cifar10 train images are found")
@@ -91,7 +90,10 @@ def main():
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the plain loop (the original's default)")
     p.add_argument("--options", nargs="+", choices=OPTIONS, default=list(OPTIONS[1:]), help="what to time, in order")
-    args = p.parse_args()
+    return p
+
+
+def main(args):
     source, missing = find_source("cifar10", "train", [args.source_root])
     if source is None:
         sys.exit(missing)
@@ -116,4 +118,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

@@ -2,15 +2,12 @@
 from pathlib import Path
 from typing import Dict, List
 
-import matplotlib
 import matplotlib.ticker
+import numpy as np
+from matplotlib.figure import Figure   # no pyplot: figures drawn off screen, no global state or backend to set
+from sklearn.metrics import auc, roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import auc, roc_curve  # noqa: E402
-
-from .io import atomic_path  # noqa: E402
+from .io import atomic_path
 
 
 def _layer_rows(rows: List[Dict]) -> List[Dict]:
@@ -19,7 +16,8 @@ def _layer_rows(rows: List[Dict]) -> List[Dict]:
 
 def per_layer_auroc(tables: Dict[str, List[Dict]], path: Path, title: str = "") -> None:
     """AUROC of every layer's detector, one line per OOD set, with the LA-OOD level drawn across."""
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
     for i, (name, rows) in enumerate(tables.items()):
         layers = _layer_rows(rows)
         color = f"C{i}"
@@ -38,7 +36,8 @@ def per_layer_auroc(tables: Dict[str, List[Dict]], path: Path, title: str = "") 
 def argmax_counts(tables: Dict[str, List[Dict]], path: Path) -> None:
     """For each OOD set, how many OOD images had their maximum score at each layer."""
     names = list(tables)
-    fig, axes = plt.subplots(len(names), 1, figsize=(9, 1.8 * len(names) + 0.6), sharex=True, squeeze=False)
+    fig = Figure(figsize=(9, 1.8 * len(names) + 0.6))
+    axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)
     for ax, name in zip(axes[:, 0], names):
         layers = _layer_rows(tables[name])
         x = np.arange(1, len(layers) + 1)
@@ -54,7 +53,8 @@ def argmax_counts(tables: Dict[str, List[Dict]], path: Path) -> None:
 
 def histograms(ind: np.ndarray, oods: Dict[str, np.ndarray], path: Path) -> None:
     """LA-OOD score histograms of the in-distribution test images and each OOD set."""
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
     allv = np.concatenate([ind, *oods.values()])
     bins = np.linspace(np.percentile(allv, 0.5), np.percentile(allv, 99.5), 60)
     ax.hist(ind, bins=bins, density=True, alpha=0.5, label="in-distribution (test)", color="k")
@@ -68,7 +68,8 @@ def histograms(ind: np.ndarray, oods: Dict[str, np.ndarray], path: Path) -> None
 
 def roc_curves(curves: Dict[str, tuple], path: Path, title: str) -> None:
     """ROC curves (OOD positive) of several methods on one comparison: ``{method: (ind, ood)}``."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
     styles = ["-", "--", "-.", ":"]
     for i, (method, (ind, ood)) in enumerate(curves.items()):
         fpr, tpr, _ = roc_curve(np.r_[np.zeros(len(ind)), np.ones(len(ood))], np.r_[ind, ood])
@@ -88,4 +89,3 @@ def _save(fig, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
