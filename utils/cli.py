@@ -145,7 +145,7 @@ def add_detector_args(parser: argparse.ArgumentParser) -> None:
                         "score (adds the calibrated maximum and early exit to the tables); 0: off, as the original")
     g.add_argument("--score-device", default=None, metavar="DEVICE",
                    help="score the One-Class SVM layers with torch on this device (cpu, cuda, ...), in batches, "
-                        "instead of scikit-learn; default: scikit-learn")
+                        "instead of the default float64 NumPy scoring (equal to scikit-learn's to 1e-9)")
     g.add_argument("--exit-threshold", type=float, default=0.99, help="early exit: calibrated OOD probability to exceed")
     g.add_argument("--exit-k", type=int, default=2, help="early exit: layers at which it must be exceeded")
 
@@ -166,7 +166,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-gamma", type=float, default=None, help="decay factor of a step schedule")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
-                   help="mixed precision: auto = bfloat16 where the device has it, else float16 with loss scaling")
+                   help="mixed precision: auto = bfloat16 where the device computes it natively (GPUs that support it, "
+                        "CPUs with AVX512-BF16 or AMX), float16 with loss scaling on other GPUs, float32 on other CPUs")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--keep-best", action="store_true",
                    help="also keep the checkpoint with the best test accuracy, as the original did "
