@@ -143,3 +143,37 @@ def test_torchrun_features_equal_one_process(tmp_path):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
         assert np.array_equal(a["labels"], b["labels"])
     assert not list((tmp_path / "two").rglob("*.partial"))
+
+
+def test_neighbour_scale_is_the_squared_ratio_of_knn_distances_of_a_subsample():
+    """On uniform points in the plane the mean distance to the j-th neighbour grows as sqrt(j / density), so a
+    subsample of m of n points is the whole set magnified by r, r^2 = (n / m) (mean_j<=k_s sqrt(j) / mean_j<=k_f
+    sqrt(j))^2 with each part's SAS k (edges make it a few percent larger)."""
+    from sklearn.preprocessing import StandardScaler
+
+    from utils.detectors.approx import neighbour_scale
+    from utils.detectors.sas import sas_k
+    rng = np.random.default_rng(0)
+    n, m = 20000, 5000
+    X = rng.uniform(size=(n, 2))
+    scaler = StandardScaler().fit(X)
+    sample = scaler.transform(X[rng.choice(n, m, replace=False)])
+    k_sub, k_full = sas_k(round(0.3 * m)), sas_k(round(0.3 * n))
+    expected = (n / m) * (np.sqrt(np.arange(1, k_sub + 1)).mean() / np.sqrt(np.arange(1, k_full + 1)).mean()) ** 2
+    assert neighbour_scale(X, scaler, sample) == pytest.approx(expected, rel=0.06)
+    assert neighbour_scale(X, scaler, scaler.transform(X)) == pytest.approx(1.0, abs=1e-6)   # the whole set: 1
+
+
+def test_size_correction_chooses_on_the_whole_sets_scale():
+    """With the correction, the subsample's SAS errors are those of gamma / r^2, and the record gives them under the
+    grid's own gammas; the chosen gamma is a grid value."""
+    from utils.detectors.approx import ApproxOCSVM
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(6000, 8)).astype(np.float32)
+    grid = (0.01, 0.025, 0.05, 0.1, 0.25)
+    _, plain = ApproxOCSVM().fit(X, gammas=grid, select_size=1500, prune=False, n_components=64)
+    _, corrected = ApproxOCSVM().fit(X, gammas=grid, select_size=1500, prune=False, n_components=64,
+                                     size_correction=True)
+    assert 1.2 < corrected["size_scale"] < 1.6 and "size_scale" not in plain   # about (6000 / 1500)^(2 / 8)
+    assert corrected["gamma"] in grid and set(corrected["errors"]) == set(grid)
+    assert corrected["gamma"] >= plain["gamma"]       # fewer points look sparser: the correction moves gamma up

@@ -1,10 +1,11 @@
 """``ocsvm-approx``: the RBF kernel approximated by Nystroem features and a linear One-Class SVM fitted by averaged
 SGD over chunks of the (memory-mapped) features; linear in n, for sets far past CIFAR's size. Its gamma is the
-exact detector's SAS choice on a seeded subsample of :data:`APPROX_SELECT_SIZE` points.
+exact detector's SAS choice on a seeded subsample of :data:`APPROX_SELECT_SIZE` points, optionally corrected for
+the subsample's size (:func:`neighbour_scale`).
 
-(An earlier criterion scored each gamma by the approximate model's own ranking of pseudo-inliers against
-pseudo-outliers; its choices sat a grid step from the exact detector's on some layers, which LA-OOD's maximum
-over layers turned into points of AUROC. Detectors fitted with it are refitted: see ``version``.)"""
+(A criterion that scored each gamma by the approximate model's own ranking of pseudo-inliers against
+pseudo-outliers chose a grid step from the exact detector's on some layers, which LA-OOD's maximum over layers
+turned into points of AUROC. Detectors fitted with it are refitted: see ``version``.)"""
 import math
 from typing import Dict, Sequence, Tuple
 
@@ -16,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from .registry import CHUNK, DetectorKind, register_detector, streamed_scaler
 from .ocsvm import ExactOCSVM
-from .sas import GAMMAS, NU, select_gamma, selection_sample
+from .sas import GAMMAS, NU, sas_k, select_gamma, selection_sample, split_indices
 
 APPROX_SELECT_SIZE = 20_000    # gamma is chosen by the exact SAS on a seeded subsample of at most this many
 APPROX_LANDMARKS = 512         # default number of Nystroem landmarks (--landmarks)
@@ -139,6 +140,37 @@ class ApproxOneClassSVM(OutlierMixin, BaseEstimator):
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
 
+def neighbour_scale(X, scaler, sample: np.ndarray, seed: int = 0, queries: int = 1000, chunk: int = CHUNK) -> float:
+    """How much farther apart SAS's points lie in the subsample ``sample`` than in all of ``X``, squared: r^2 with
+    r the mean distance from seeded query points to their k nearest points of the subsample's 30% (pseudo-inlier)
+    part over the same to their k nearest of the whole set's 30% part, each k SAS's own for its part's size.
+
+    A subsample looks like the whole set magnified by r near every point (fewer points, farther apart), so an RBF
+    kernel ``exp(-gamma d^2)`` with gamma on the whole set is ``exp(-(gamma / r^2) d^2)`` on the subsample: SAS's
+    errors for gamma on all the points are estimated by its errors for gamma / r^2 on the subsample. ``X`` may be a
+    memory map: the whole set's part is read in chunks, standardised by ``scaler``, keeping each query's k best.
+    """
+    n = len(X)
+    rng = np.random.default_rng(seed + 1)
+    Q = scaler.transform(np.asarray(X[np.sort(rng.choice(n, min(queries, n), replace=False))], dtype=np.float64))
+    sub = sample[split_indices(len(sample), seed)[1]]
+    full_rows = np.sort(split_indices(n, seed)[1])
+
+    def mean_knn(k, parts) -> float:
+        best = np.full((len(Q), k + 1), np.inf, np.float32)
+        for part in parts:
+            best = np.partition(np.hstack([best, sq_distances(Q, part)]), k, axis=1)[:, :k + 1]
+        best = np.sort(np.sqrt(best), axis=1)
+        # A query that is itself in the part meets itself first, at distance 0: drop it, else the (k+1)-th.
+        own = best[:, 0] < 1e-6
+        return float(np.where(own[:, None], best[:, 1:], best[:, :k]).mean())
+
+    near_sub = mean_knn(sas_k(len(sub)), [sub])
+    near_full = mean_knn(sas_k(len(full_rows)), (scaler.transform(np.asarray(X[full_rows[s:s + chunk]], np.float64))
+                                                 for s in range(0, len(full_rows), chunk)))
+    return (near_sub / near_full) ** 2 if near_full > 0 else 1.0
+
+
 def _as_float64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
@@ -160,13 +192,18 @@ class ApproxOCSVM(DetectorKind):
 
     def fit(self, X, seed: int = 0, gammas: Sequence[float] = GAMMAS, nu: float = NU, select_size=None,
             prune: bool = True, n_components: int = APPROX_LANDMARKS, cache_size: float = 1000,
-            **_) -> Tuple[Pipeline, Dict]:
+            size_correction: bool = False, **_) -> Tuple[Pipeline, Dict]:
         scaler = streamed_scaler(X)
         sel = selection_sample(X, scaler, select_size or APPROX_SELECT_SIZE, seed)
         # The exact SVM's SAS selection: libsvm is deterministic and takes seconds at this size. SAS picks smaller
         # gammas on fewer points (the data look sparser): at 10,000 of VGG16's 50,000 features it chose one grid
         # step lower on most layers and LA-OOD lost 7.5 AUROC on the mean; at 20,000, 4 of 13 layers one step lower.
-        record = select_gamma(sel, gammas, nu, seed, prune, ExactOCSVM.name, cache_size=cache_size)
+        scale = neighbour_scale(X, scaler, sel, seed) if size_correction and len(sel) < len(X) else 1.0
+        grid = {g / scale: g for g in gammas}
+        record = select_gamma(sel, list(grid), nu, seed, prune, ExactOCSVM.name, cache_size=cache_size)
+        if scale != 1.0:   # back to the whole set's scale: the grid's own values (the fallback's scaled)
+            record.update(gamma=grid.get(record["gamma"], record["gamma"] * scale), size_scale=scale,
+                          errors={grid[g]: e for g, e in record["errors"].items()})
         est = ApproxOneClassSVM(record["gamma"], record["nu"], n_components, random_state=seed).fit(
             X, transform=scaler.transform)
         return Pipeline([("scale", scaler), (self.name, est)]), record

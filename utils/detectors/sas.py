@@ -68,6 +68,12 @@ def shift_data(X: np.ndarray, k: Optional[int] = None, threshold: float = EDGE_T
     return Shift(edge, X[edge] + length * unit, length, k)
 
 
+def split_indices(n: int, seed: int):
+    """SAS's seeded 70/30 split of ``n`` rows: ``(fit rows, pseudo-inlier rows)``, as the original's
+    ``train_test_split(Z, test_size=0.3)``."""
+    return train_test_split(np.arange(n), test_size=0.3, random_state=seed)
+
+
 def select_gamma(Z: np.ndarray, gammas: Sequence[float] = GAMMAS, nu: float = NU, seed: int = 0,
                  prune: bool = True, detector: str = "ocsvm", **params) -> Dict:
     """Choose the One-Class SVM's gamma on standardised features ``Z`` by SAS, without OOD data.
@@ -80,7 +86,8 @@ def select_gamma(Z: np.ndarray, gammas: Sequence[float] = GAMMAS, nu: float = NU
     cannot win; ``params`` go to the kind (``cache_size``, ``n_components``).
     """
     from .registry import get_detector
-    fit_part, val_part = train_test_split(Z, test_size=0.3, random_state=seed)
+    fit_rows, val_rows = split_indices(len(Z), seed)
+    fit_part, val_part = Z[fit_rows], Z[val_rows]
     shift = shift_data(val_part)
     errors = get_detector(detector).gamma_errors(fit_part, val_part, shift.outliers, gammas, nu=nu, seed=seed,
                                                  prune=prune, **params)
