@@ -18,7 +18,7 @@ from benchmarks.detector_speed import find_run
 from utils.detectors import LAOOD, ood_score
 from utils.fitting import load_detectors
 from utils.paths import Layout
-from utils.torch_svm import torch_ood_score
+from utils.detectors.torch_scoring import torch_ood_score
 
 
 def timed(fn, repeats):

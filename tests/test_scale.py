@@ -16,7 +16,7 @@ from utils.runtime import la_ood
 from utils.detectors import (AUTO_EXACT_MAX, LAOOD, ApproxOneClassSVM, fit_layer, ood_score,
                              resolve_detector, select_gamma)
 from utils.features import load_features
-from utils.torch_svm import torch_ood_score
+from utils.detectors.torch_scoring import torch_ood_score
 
 
 def gaussian_task(d=32, n=6000, seed=0):

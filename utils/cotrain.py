@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline
 from tqdm import tqdm
 
 from .data import normalization_of, to_input
-from .torch_svm import OCSVMDecision
+from .detectors.torch_scoring import OCSVMDecision
 
 
 class CoTrainLoss(nn.Module):

@@ -91,11 +91,11 @@ class LAOOD(BaseEstimator):
 
     def score_layers(self, layers: Sequence[np.ndarray], device=None) -> np.ndarray:
         """``(N, L)`` OOD scores of every layer; with ``device`` (e.g. ``"cuda"``), the RBF One-Class SVM layers
-        are scored by torch there, in batches (``utils.torch_svm``), the others as usual."""
+        are scored by torch there, in batches (``utils.detectors.torch_scoring``), the others as usual."""
         if len(layers) != len(self.detectors_):
             raise ValueError(f"{len(layers)} feature layers given, but {len(self.detectors_)} detectors fitted")
         if device is not None:
-            from ..torch_svm import is_rbf_svm, torch_ood_score
+            from .torch_scoring import is_rbf_svm, torch_ood_score
             return np.stack([torch_ood_score(d, X, device) if is_rbf_svm(d[-1]) else ood_score(d, X)
                              for d, X in zip(self.detectors_, layers)], axis=1)
         with self._parallel():

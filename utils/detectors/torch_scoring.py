@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from sklearn.pipeline import Pipeline
 
-from .detectors import KernelOneClassSVM
+from .ocsvm import KernelOneClassSVM
 
 
 class OCSVMDecision(nn.Module):
