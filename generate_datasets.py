@@ -5,9 +5,9 @@
 import argparse
 import logging
 
-from utils.cli import add_data_args, data_config, layout
+from utils.cli import add_data_args, add_set_args, data_config, layout
 from utils.runtime import run_script
-from utils.data import OOD_SETS, parse_extra
+from utils.data import parse_extra
 from utils.generate import generate
 
 log = logging.getLogger("generate_datasets")
@@ -16,13 +16,7 @@ log = logging.getLogger("generate_datasets")
 def get_args_parser():
     parser = argparse.ArgumentParser("LA-OOD: generate evaluation images", add_help=True)
     add_data_args(parser)
-    parser.add_argument("--ood", nargs="+", choices=OOD_SETS, default=None,
-                        help="OOD sets to make (default: lsun tiny svhn dtd pure_color and the other CIFAR)")
-    parser.add_argument("--extra-ood", action="append", default=[], metavar="NAME=PATH",
-                        help="an extra OOD set from an image folder or zip archive; repeatable")
-    parser.add_argument("--download", action="store_true",
-                        help="fetch a set that no --source-root holds into the first one: CIFAR-10/100, SVHN and DTD "
-                             "with torchvision, LSUN (resize) and Tiny ImageNet from their public archives")
+    add_set_args(parser)
     parser.add_argument("--force", action="store_true", help="remake sets that are already complete")
     return parser
 

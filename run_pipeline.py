@@ -8,10 +8,10 @@ Each stage reuses only outputs made from the same checkpoint (by content hash) a
 import argparse
 import time
 
-from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, data_config, layout,
+from utils.cli import (add_data_args, add_detector_args, add_set_args, add_method_args, add_model_args, data_config, layout,
                        positive_int)
 from utils.runtime import dask_cluster, la_ood, resolve_device, run_script
-from utils.data import OOD_SETS, parse_extra
+from utils.data import parse_extra
 from utils.detection import detect
 from utils.features import open_backbone, save_features
 from utils.fitting import train_detectors
@@ -26,14 +26,7 @@ def get_args_parser():
     add_data_args(parser)
     add_model_args(parser)
     add_detector_args(parser)
-    parser.add_argument("--ood", nargs="+", choices=OOD_SETS, default=None,
-                        help="OOD sets (default: lsun tiny svhn dtd pure_color and the other CIFAR; "
-                             "absent ones are skipped)")
-    parser.add_argument("--extra-ood", action="append", default=[], metavar="NAME=PATH",
-                        help="an extra OOD set from an image folder or zip archive; repeatable")
-    parser.add_argument("--download", action="store_true",
-                        help="fetch a set that no --source-root holds into the first one (CIFAR-10/100, SVHN, DTD "
-                             "with torchvision; LSUN (resize) and Tiny ImageNet from their public archives)")
+    add_set_args(parser)
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     parser.add_argument("--odin", action="store_true", help="also compute the ODIN baseline (needs input gradients)")
     parser.add_argument("--gram", action="store_true", help="also compute the Gram-matrix baseline (full feature maps)")

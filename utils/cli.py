@@ -65,6 +65,18 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (subsets, splits, colours)")
 
 
+def add_set_args(parser: argparse.ArgumentParser) -> None:
+    """Which sets stage 1 makes, and whether it may fetch them (generate_datasets.py and run_pipeline.py)."""
+    parser.add_argument("--ood", nargs="+", choices=OOD_SETS, default=None,
+                        help="OOD sets to make (default: lsun tiny svhn dtd pure_color and the other CIFAR; a set no "
+                             "source holds is skipped with a line saying what was looked for)")
+    parser.add_argument("--extra-ood", action="append", default=[], metavar="NAME=PATH",
+                        help="an extra OOD set from an image folder or zip archive; repeatable")
+    parser.add_argument("--download", action="store_true",
+                        help="fetch a set that no --source-root holds into the first one: CIFAR-10/100, SVHN and DTD "
+                             "with torchvision, LSUN (resize) and Tiny ImageNet from their public archives")
+
+
 def model_arg(text: str) -> str:
     if ":" not in text and text not in list_models():
         raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of {', '.join(list_models())}, "
