@@ -68,10 +68,11 @@ def test_approx_ocsvm_streams_a_memory_map_and_is_seeded(tmp_path):
 
 
 def test_approx_gamma_is_the_exact_sas_choice_on_a_subsample():
-    """ocsvm-approx takes the gamma the exact detector's SAS picks on a seeded subsample of the standardised
-    features, and fits the Nystroem model at it."""
+    """Without the size correction, ocsvm-approx takes the gamma the exact detector's SAS picks on a seeded
+    subsample of the standardised features, and fits the Nystroem model at it."""
     train, _, _ = gaussian_task(n=3000)
-    approx, rec = fit_layer(train, "ocsvm-approx", gammas=(0.001, 0.01, 0.1, 1.0), select_size=1500)
+    approx, rec = fit_layer(train, "ocsvm-approx", gammas=(0.001, 0.01, 0.1, 1.0), select_size=1500,
+                            size_correction=False)
     sel = approx[0].transform(train[np.random.default_rng(0).choice(len(train), size=1500, replace=False)])
     exact = select_gamma(sel, gammas=(0.001, 0.01, 0.1, 1.0), detector="ocsvm")
     assert rec["gamma"] == exact["gamma"] == approx[-1].gamma and rec["errors"] == exact["errors"]
@@ -171,7 +172,8 @@ def test_size_correction_chooses_on_the_whole_sets_scale():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(6000, 8)).astype(np.float32)
     grid = (0.01, 0.025, 0.05, 0.1, 0.25)
-    _, plain = ApproxOCSVM().fit(X, gammas=grid, select_size=1500, prune=False, n_components=64)
+    _, plain = ApproxOCSVM().fit(X, gammas=grid, select_size=1500, prune=False, n_components=64,
+                                 size_correction=False)
     _, corrected = ApproxOCSVM().fit(X, gammas=grid, select_size=1500, prune=False, n_components=64,
                                      size_correction=True)
     assert 1.2 < corrected["size_scale"] < 1.6 and "size_scale" not in plain   # about (6000 / 1500)^(2 / 8)
