@@ -137,17 +137,20 @@ def main(args):
                 print(f"n = {n:,}: {source}, written in {time.perf_counter() - t:.0f} s")
                 with PeakMemory() as mem:
                     t = time.perf_counter()
-                    LAOOD(detector=detector, seed=args.seed, n_jobs=args.jobs).fit(layers)
+                    la = LAOOD(detector=detector, seed=args.seed, n_jobs=args.jobs).fit(layers)
                     seconds = time.perf_counter() - t
+                gammas = " ".join(f"{r['gamma']:g}" for r in la.records_)
                 rows.append({"n": n, "detector": detector, "seconds": round(seconds, 1),
-                             "peak_anon_gb": round(mem.peak / 1e9, 2), "data": source.split(" (")[0]})
-                print(f"  {detector}: {seconds:.0f} s, peak memory {mem.peak / 1e9:.2f} GB", flush=True)
+                             "peak_anon_gb": round(mem.peak / 1e9, 2), "data": source.split(" (")[0],
+                             "gammas": gammas})
+                print(f"  {detector}: {seconds:.0f} s, peak memory {mem.peak / 1e9:.2f} GB, gammas {gammas}", flush=True)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     rows.sort(key=lambda r: (r["n"], r["detector"]))
-    print("\n| n | detector | wall time (s) | peak memory (GB) | data |\n|---|---|---|---|---|")
+    print("\n| n | detector | wall time (s) | peak memory (GB) | data | gamma per layer |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['n']:,} | {r['detector']} | {r['seconds']:.0f} | {r['peak_anon_gb']:.2f} | {r['data']} |")
+        print(f"| {r['n']:,} | {r['detector']} | {r['seconds']:.0f} | {r['peak_anon_gb']:.2f} | {r['data']} | "
+              f"{r['gammas']} |")
     approx = [r for r in rows if r["detector"] == APPROX]
     if len(approx) > 1:
         slope = np.polyfit(np.log10([r["n"] for r in approx]), np.log10([r["seconds"] for r in approx]), 1)[0]
