@@ -153,12 +153,12 @@ def test_neighbour_scale_is_the_squared_ratio_of_knn_distances_of_a_subsample():
     from sklearn.preprocessing import StandardScaler
 
     from utils.detectors.approx import neighbour_scale
-    from utils.detectors.sas import sas_k
+    from utils.detectors.sas import sas_k, selection_sample
     rng = np.random.default_rng(0)
     n, m = 20000, 5000
     X = rng.uniform(size=(n, 2))
     scaler = StandardScaler().fit(X)
-    sample = scaler.transform(X[rng.choice(n, m, replace=False)])
+    sample = selection_sample(X, scaler, m, seed=0)
     k_sub, k_full = sas_k(round(0.3 * m)), sas_k(round(0.3 * n))
     expected = (n / m) * (np.sqrt(np.arange(1, k_sub + 1)).mean() / np.sqrt(np.arange(1, k_full + 1)).mean()) ** 2
     assert neighbour_scale(X, scaler, sample) == pytest.approx(expected, rel=0.06)

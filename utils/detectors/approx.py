@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from .registry import CHUNK, DetectorKind, register_detector, streamed_scaler
 from .ocsvm import ExactOCSVM
-from .sas import GAMMAS, NU, sas_k, select_gamma, selection_sample, split_indices
+from .sas import GAMMAS, NU, sas_k, select_gamma, selection_rows, selection_sample, split_indices
 
 APPROX_SELECT_SIZE = 10_000    # gamma is chosen by the exact SAS on a seeded subsample of at most this many
 APPROX_LANDMARKS = 512         # default number of Nystroem landmarks (--landmarks)
@@ -149,25 +149,29 @@ def neighbour_scale(X, scaler, sample: np.ndarray, seed: int = 0, queries: int =
     kernel ``exp(-gamma d^2)`` with gamma on the whole set is ``exp(-(gamma / r^2) d^2)`` on the subsample: SAS's
     errors for gamma on all the points are estimated by its errors for gamma / r^2 on the subsample. ``X`` may be a
     memory map: the whole set's part is read in chunks, standardised by ``scaler``, keeping each query's k best.
+    ``sample`` is ``selection_sample(X, scaler, size, seed)``: its rows are known, so a query never counts itself.
     """
     n = len(X)
-    rng = np.random.default_rng(seed + 1)
-    Q = scaler.transform(np.asarray(X[np.sort(rng.choice(n, min(queries, n), replace=False))], dtype=np.float64))
-    sub = sample[split_indices(len(sample), seed)[1]]
+    picked = np.sort(np.random.default_rng(seed + 1).choice(n, min(queries, n), replace=False))
+    Q = scaler.transform(np.asarray(X[picked], dtype=np.float64))
+    # The rows of each 30% part: the subsample's rows as selection_sample drew them, split as select_gamma does.
+    sample_rows = selection_rows(n, len(sample), seed)
+    sub_part = split_indices(len(sample), seed)[1]
+    sub, sub_rows = sample[sub_part], sample_rows[sub_part]
     full_rows = np.sort(split_indices(n, seed)[1])
 
-    def mean_knn(k, parts) -> float:
+    def mean_knn(k, parts, members) -> float:
         best = np.full((len(Q), k + 1), np.inf, np.float32)
         for part in parts:
             best = np.partition(np.hstack([best, sq_distances(Q, part)]), k, axis=1)[:, :k + 1]
         best = np.sort(np.sqrt(best), axis=1)
-        # A query that is itself in the part meets itself first, at distance 0: drop it, else the (k+1)-th.
-        own = best[:, 0] < 1e-6
+        # A query that is itself a row of the part meets itself first (at about 0 in float32): drop that one.
+        own = np.isin(picked, members)
         return float(np.where(own[:, None], best[:, 1:], best[:, :k]).mean())
 
-    near_sub = mean_knn(sas_k(len(sub)), [sub])
+    near_sub = mean_knn(sas_k(len(sub)), [sub], sub_rows)
     near_full = mean_knn(sas_k(len(full_rows)), (scaler.transform(np.asarray(X[full_rows[s:s + chunk]], np.float64))
-                                                 for s in range(0, len(full_rows), chunk)))
+                                                 for s in range(0, len(full_rows), chunk)), full_rows)
     return (near_sub / near_full) ** 2 if near_full > 0 else 1.0
 
 

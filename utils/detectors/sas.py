@@ -101,8 +101,15 @@ def select_gamma(Z: np.ndarray, gammas: Sequence[float] = GAMMAS, nu: float = NU
             "fallback": best[0] >= 1.0}
 
 
+def selection_rows(n: int, size: Optional[int], seed: int) -> np.ndarray:
+    """Which of ``n`` rows gamma is chosen on: a seeded subsample of ``size``, or all."""
+    if size is not None and size < n:
+        return np.random.default_rng(seed).choice(n, size=size, replace=False)
+    return np.arange(n)
+
+
 def selection_sample(X, scaler, size: Optional[int], seed: int) -> np.ndarray:
     """The standardised rows gamma is chosen on: all of ``X``, or a seeded subsample of ``size``."""
     if size is not None and size < len(X):
-        return scaler.transform(X[np.random.default_rng(seed).choice(len(X), size=size, replace=False)])
+        return scaler.transform(X[selection_rows(len(X), size, seed)])
     return scaler.transform(X)
