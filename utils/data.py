@@ -271,35 +271,35 @@ def find_source(name: str, split: str, roots: Sequence[Path], size: int = SIZE) 
                   f"(looked for {', '.join(wanted)}); get it with {how}")
 
 
+# The sets torchvision's own dataset classes download: (class name, keyword arguments of a split).
+_TORCHVISION = {"cifar10": ("CIFAR10", lambda split: {"train": split == "train"}),
+                "cifar100": ("CIFAR100", lambda split: {"train": split == "train"}),
+                "svhn": ("SVHN", lambda split: {"split": "test"}),
+                "dtd": ("DTD", lambda split: {"split": "test"})}
+DOWNLOADABLE = (*_TORCHVISION, *ARCHIVES)
+
+
 def download_source(name: str, split: str, root: Path, size: int = SIZE) -> ImageSource:
     """Fetch a set into ``root`` (needs the internet), then read it like any source: CIFAR-10/100, SVHN and DTD
     with torchvision's own download, LSUN (resize) and Tiny ImageNet from their public archives
     (:mod:`utils.fetch`, checksums checked)."""
     import torchvision.datasets as tvd
     root = Path(root)
-    makers = {
-        "cifar10": lambda: tvd.CIFAR10(root, train=split == "train", download=True),
-        "cifar100": lambda: tvd.CIFAR100(root, train=split == "train", download=True),
-        "svhn": lambda: tvd.SVHN(root, split="test", download=True),
-        "dtd": lambda: tvd.DTD(root, split="test", download=True),
-    }
     if name in ARCHIVES:
         fetch_archive(name, root)
-    elif name in makers:
+    elif name in _TORCHVISION:
+        cls, kwargs = _TORCHVISION[name]
         try:
-            makers[name]()
+            getattr(tvd, cls)(root, download=True, **kwargs(split))
         except Exception as e:
             raise RuntimeError(f"could not download {name} with torchvision into {root} ({type(e).__name__}: {e}); "
                                f"without internet access put its files under a --source-root instead") from e
     else:
-        raise ValueError(f"no download is known for {name}")
+        raise ValueError(f"no download is known for {name}; known: {', '.join(DOWNLOADABLE)}")
     source, missing = find_source(name, split, [root, root / "dtd"], size)
     if source is None:
         raise RuntimeError(f"downloaded {name} but could not read it: {missing}")
     return source
-
-
-DOWNLOADABLE = ("cifar10", "cifar100", "svhn", "dtd", *ARCHIVES)
 
 
 # ----------------------------------------------------------------------------- subsets
