@@ -14,7 +14,7 @@ from utils.data import to_input
 from utils.generate import DataConfig, generate, load_images
 from utils.paths import Layout
 
-pytestmark = [pytest.mark.shared]
+pytestmark = [pytest.mark.shared, pytest.mark.slow]   # reference checks on real features: the full suite
 
 
 def _features(root, checkpoint, model_name, ood, max_train, max_test, max_ood):
@@ -238,7 +238,6 @@ def test_nac_ue_equals_pytorch_ood(tmp_path, spec):
         methods.get_method("NAC-UE").fn(inputs)
 
 
-@pytest.mark.slow
 def test_react_on_densenet_reads_the_right_inputs_and_equals_pytorch_ood(tmp_path):
     """ReAct is far below Energy on the DICE DenseNet-BC-100 (docs/results.md); this rules out our inputs: the
     saved penultimate features are the head's input (the head applied to them gives the model's logits) and

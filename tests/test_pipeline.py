@@ -22,7 +22,7 @@ from utils.features import extract, extract_with_nac, load_features
 from utils.fitting import load_detectors, train_detectors
 from utils.nac import nac_values
 
-pytestmark = [pytest.mark.shared]
+pytestmark = [pytest.mark.shared, pytest.mark.slow]   # real-data stage runs: the full suite; the quick tier has test_end_to_end
 
 SMALL = ["--max-train", "600", "--max-test", "300", "--max-ood", "300"]
 
@@ -256,7 +256,6 @@ def test_run_pipeline_checks_inputs_before_writing(tmp_path):
     assert not (tmp_path / "gen").exists() and not (tmp_path / "r").exists()
 
 
-@pytest.mark.slow
 def test_auto_and_approximate_detectors_through_the_stages(small_run):
     """--detector auto resolves (exact at this size) and says so; ocsvm-approx is saved, loaded and scored like
     the exact detector; --score-device scores the exact detectors with torch to the same tables."""
