@@ -1,7 +1,7 @@
 """``ocsvm-approx``: the RBF kernel approximated by Nystroem features and a linear One-Class SVM fitted by averaged
 SGD over chunks of the (memory-mapped) features; linear in n, for sets far past CIFAR's size. Its gamma is the
-exact detector's SAS choice on a seeded subsample of :data:`APPROX_SELECT_SIZE` points, optionally corrected for
-the subsample's size (:func:`neighbour_scale`).
+exact detector's SAS choice on a seeded subsample of :data:`APPROX_SELECT_SIZE` points, corrected for the
+subsample's size (:func:`neighbour_scale`; ``size_correction=False`` turns it off).
 
 (A criterion that scored each gamma by the approximate model's own ranking of pseudo-inliers against
 pseudo-outliers chose a grid step from the exact detector's on some layers, which LA-OOD's maximum over layers
