@@ -4,7 +4,7 @@
 """
 import argparse
 
-from utils.cli import add_data_args, add_detector_args, add_method_args, add_model_args, layout
+from utils.cli import add_data_args, add_detector_args, add_method_args, add_model_args, detect_config, layout
 from utils.runtime import dask_cluster, la_ood, locate_run, run_script
 from utils.detection import detect, repeat_over_seeds
 from utils.generate import generated_sets
@@ -30,21 +30,18 @@ def main(args):
     run, arch, _ = locate_run(args)
     names = args.ood or [n for n in generated_sets(layout(args), args.ind, run.name)
                          if (Layout.features(run, n) / MANIFEST).exists()]
-    kwargs = dict(n_jobs=args.jobs, methods=args.methods, exit_threshold=args.exit_threshold, exit_k=args.exit_k,
-                  backend="dask" if (args.dask_scheduler or args.dask_local) else None, score_device=args.score_device,
-                  near=args.near)
+    config = detect_config(args)
     if args.seeds:
         def make_laood(seed):
             return la_ood(argparse.Namespace(**{**vars(args), "seed": seed}), arch, run)
         with dask_cluster(args):
-            rows = repeat_over_seeds(run, make_laood, args.seeds, names, **kwargs)
+            rows = repeat_over_seeds(run, make_laood, args.seeds, names, config)
         print(format_table(rows))
         return rows
     la = la_ood(args, arch, run)
     with dask_cluster(args):
-        summary = detect(run, Layout.detectors(run, la.tag), names, seed=args.seed, **kwargs)
-    tag = la.tag
-    print((Layout.results(run, tag) / SUMMARY_MD).read_text())
+        summary = detect(run, Layout.detectors(run, la.tag), names, config)
+    print((Layout.results(run, la.tag, tuned=args.tune) / SUMMARY_MD).read_text())
     return summary
 
 

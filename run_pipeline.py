@@ -8,8 +8,8 @@ Each stage reuses only outputs made from the same checkpoint (by content hash) a
 import argparse
 import time
 
-from utils.cli import (add_data_args, add_detector_args, add_set_args, add_method_args, add_model_args, data_config, layout,
-                       positive_int)
+from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, add_set_args, data_config,
+                       detect_config, layout, positive_int)
 from utils.runtime import dask_cluster, la_ood, resolve_device, run_script
 from utils.data import parse_extra
 from utils.detection import detect
@@ -64,15 +64,12 @@ def main(args):
     with dask_cluster(args):
         det_dir = train_detectors(run, la)
         timings["detectors_s"], t = time.time() - t, time.time()
-        summary = detect(run, det_dir, oods, seed=args.seed, n_jobs=args.jobs, methods=args.methods,
-                         exit_threshold=args.exit_threshold, exit_k=args.exit_k, backend=la.backend,
-                         score_device=args.score_device, near=args.near,
-                         record={"stage_seconds": timings})
+        summary = detect(run, det_dir, oods, detect_config(args, stage_seconds=timings))
     timings["detect_s"] = time.time() - t
     print(f"\n{model.arch} on {args.ind} ({sha[:8]}), {cfg.tag}, detector {la.detector}\n")
-    print((Layout.results(run, la.tag) / SUMMARY_MD).read_text())
-    print("stage seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in timings.items())
-          + f"; results in {Layout.results(run, la.tag)}")
+    out = Layout.results(run, la.tag, tuned=args.tune)
+    print((out / SUMMARY_MD).read_text())
+    print("stage seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in timings.items()) + f"; results in {out}")
     return summary
 
 

@@ -16,7 +16,7 @@ import train_ood_detectors
 from conftest import CHECKPOINTS, DATA, need
 from models import load_model
 from utils.data import to_input
-from utils.detection import detect
+from utils.detection import DetectConfig, detect
 from utils.detectors import LAOOD
 from utils.features import extract, extract_with_nac, load_features
 from utils.fitting import load_detectors, train_detectors
@@ -229,7 +229,7 @@ def test_a_failing_summary_never_costs_the_fitted_detectors(small_run, monkeypat
     det = train_detectors(small_run["run"], la)
     assert len(load_detectors(det).detectors_) == 20 and not (det / "selection.csv").exists()
     monkeypatch.setattr(detection.plots, "roc_curves", lambda *a, **k: 1 / 0)
-    rows = detect(small_run["run"], det, ["dtd", "pure_color"], seed=11, methods=["LA-OOD", "Energy"])
+    rows = detect(small_run["run"], det, ["dtd", "pure_color"], DetectConfig(seed=11, methods=["LA-OOD", "Energy"]))
     res = small_run["run"] / "results" / "ocsvm-seed11"
     assert (res / "summary.csv").exists() and (res / "dtd.csv").exists() and {r["method"] for r in rows} == {
         "LA-OOD", "best layer (oracle)", "Energy"}

@@ -7,9 +7,11 @@ from models import list_models, parse_normalization
 
 from .data import IND_SETS, NEAR_OODS, OOD_SETS, check_name
 from .detectors import APPROX_LANDMARKS, APPROX_SELECT_SIZE, AUTO_EXACT_MAX, NU, detector_choices, get_detector, list_detectors
+from .detection import DetectConfig
 from .engine import TrainConfig
 from .generate import MAX_OOD, DataConfig
 from .methods import list_methods
+from .tuning import VALIDATION_OOD, VALIDATION_SIZE
 from .paths import Layout
 
 
@@ -200,11 +202,24 @@ def train_config(args, recipe: dict) -> TrainConfig:
         keep_best=args.keep_best, compile=args.compile, max_batches=args.max_batches)
 
 
+def detect_config(args, **record) -> DetectConfig:
+    """The detection settings of the method and detector flags."""
+    return DetectConfig(seed=args.seed, methods=args.methods, tune=args.tune, near=args.near,
+                        exit_threshold=args.exit_threshold, exit_k=args.exit_k, n_jobs=args.jobs,
+                        backend="dask" if (args.dask_scheduler or args.dask_local) else None,
+                        score_device=args.score_device, record=record)
+
+
 def add_method_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", "--baselines", nargs="*", choices=list_methods(), default=None,
                         metavar="METHOD",
                         help="scoring methods in the tables (default: every registered one whose inputs exist: "
                              f"{', '.join(list_methods())}); LA-OOD's per-layer tables are always written")
+    parser.add_argument("--tune", action="store_true",
+                        help=f"hold {VALIDATION_SIZE:,} test images ({VALIDATION_SIZE:,} / classes per class) and "
+                             f"{VALIDATION_SIZE:,} {VALIDATION_OOD} images out for validation, choose every method's "
+                             "hyperparameters on them from its grid, and write the tables at the defaults and tuned, "
+                             "both on the remaining images, to results/<detectors>-tuned")
     parser.add_argument("--near", nargs="+", default=list(NEAR_OODS), metavar="SET",
                         help="OOD sets averaged as near-OOD in the overview (others count as far); default: "
                              f"{' '.join(NEAR_OODS)} (an --extra-ood set named here counts as near too)")

@@ -7,8 +7,9 @@ a failure there is logged without losing the tables.
 import logging
 import platform
 import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import sklearn
@@ -24,9 +25,11 @@ from .fitting import load_detectors, train_detectors
 from .io import StagingDir, format_table, read_json, save_npy, write_csv, write_json, write_text
 from .methods import Inputs, get_method, list_methods, score_methods
 from .paths import (ARGMAX_PLOT, EARLY_EXIT, HISTOGRAM_PLOT, MANIFEST, OVERVIEW_CSV, PER_LAYER_PLOT, RUN_RECORD,
-                    SPREAD_CSV,
-                    SPREAD_MD, SUMMARY_CSV, SUMMARY_MD, Layout, roc_plot, scores_file, set_table)
+                    SPREAD_CSV, SPREAD_MD, SUMMARY_CSV, SUMMARY_MD, TUNED_OVERVIEW_CSV, TUNED_SUMMARY_CSV, TUNING_JSON,
+                    Layout, roc_plot, scores_file, set_table)
 from .tables import comparisons, layer_table, method_row, oracle_row, overview, pick_ood, spread_over_seeds
+from .tuning import (VAL_IN, VAL_OUT, VALIDATION_OOD, VALIDATION_SIZE, chosen, describe, remaining, search,
+                     validation_split)
 
 log = logging.getLogger(__name__)
 
@@ -43,62 +46,87 @@ def exit_table(inputs: Inputs, arch: str, num_classes: int, taps: Optional[str] 
     return rows
 
 
-def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_jobs: int = 1,
-           methods: Optional[Sequence[str]] = None, exit_threshold: float = 0.99, exit_k: int = 2,
-           record: Optional[Dict] = None, cache: Optional[Dict] = None, backend: Optional[str] = None,
-           score_device: Optional[str] = None, near: Sequence[str] = NEAR_OODS) -> List[Dict]:
+@dataclass(frozen=True)
+class DetectConfig:
+    """How detection runs; the defaults are the README's."""
+    seed: int = 0                                  # balanced subsets of the comparisons, held-back splits
+    methods: Optional[Sequence[str]] = None        # scoring methods in the tables (None: every registered one)
+    tune: bool = False                             # hold a validation split out and search every method's grid
+    near: Sequence[str] = NEAR_OODS                # the sets averaged as near-OOD in the overview
+    exit_threshold: float = 0.99                   # early exit's calibrated probability
+    exit_k: int = 2                                # early exit's number of layers
+    n_jobs: int = 1                                # layers scored in parallel
+    backend: Optional[str] = None                  # joblib's backend for that (e.g. "dask")
+    score_device: Optional[str] = None             # score One-Class SVM layers with torch there instead
+    record: Dict = field(default_factory=dict)     # extra entries for the run record
+
+
+def detect(run: Path, det_dir: Path, ood_names: Sequence[str], config: DetectConfig = DetectConfig(),
+           cache: Optional[Dict] = None) -> List[Dict]:
     """Score the test split and every OOD set; write per-set tables, the summary, figures and a run record.
 
-    The summary has one row per OOD set and method: every registered scoring method in ``methods``
+    The summary has one row per OOD set and method: every registered scoring method in ``config.methods``
     (default: all) whose needs are met, and the best single layer (an oracle: chosen with the OOD labels),
     all on the same balanced comparisons. Scores of methods that do not use the detectors do not depend
-    on them: a ``cache`` dict passed to several calls computes them once. ``backend``: joblib's backend for
-    the per-layer scoring (e.g. ``"dask"``); ``score_device``: score One-Class SVM layers with torch on that
-    device instead (see :meth:`LAOOD.score_layers`). ``near``: the sets averaged as near-OOD in the overview
-    (``overview.csv`` and the head of ``summary.md``: AUROC per set with near, far and mean).
+    on them: a ``cache`` dict passed to several calls computes them once. With ``config.tune``, a validation
+    split is held out (:mod:`utils.tuning`), every method with a grid is tuned on it, and the tables at the
+    defaults and tuned are both computed on the images that remain. The overview (``overview.csv`` and the
+    head of ``summary.md``) gives AUROC per set with near (``config.near``), far and mean.
     """
     start = time.time()
     test = load_features(run, "test")
     if not ood_names:
         raise ValueError(f"no OOD sets to score in {run / 'features'}; generate and save some first")
+    if config.tune and VALIDATION_OOD not in ood_names:
+        raise ValueError(f"--tune holds {VALIDATION_SIZE:,} images of the {VALIDATION_OOD} set out for validation, "
+                         f"but it is not among the sets scored ({', '.join(ood_names)}); generate and save it first")
     sha = test["manifest"]["settings"]["checkpoint_sha256"]
-    la = load_detectors(det_dir, expect_sha=sha)
-    la.n_jobs, la.backend = n_jobs, backend
+    la = load_detectors(det_dir, expect_sha=sha, n_jobs=config.n_jobs, backend=config.backend)
     sets = {"test": test, **{name: load_features(run, name, expect_sha=sha) for name in ood_names}}
-    layer_scores = {name: la.score_layers(f["layers"], device=score_device) for name, f in sets.items()}
+    layer_scores = {name: la.score_layers(f["layers"], device=config.score_device) for name, f in sets.items()}
     inputs = Inputs(train=load_features(run, "train"), sets=sets, head=load_head(run), layer_scores=layer_scores,
-                    calibration=la.calibration_, seed=seed, exit_threshold=exit_threshold, exit_k=exit_k)
-    names = list(methods) if methods is not None else list_methods()
-    cache = {} if cache is None else cache
-    fresh = [m for m in names if m not in cache]
-    # Scores that depend on neither the detectors nor a held-back split are the same at every seed.
-    fixed = lambda m: not (get_method(m).needs & {"detectors", "calibration", "layers"})  # noqa: E731
-    scores = score_methods([m for m in fresh if not fixed(m)], inputs)
-    cache.update(score_methods([m for m in fresh if fixed(m)], inputs))
-    scores.update({m: cache[m] for m in names if m in cache})
-    scores = {m: scores[m] for m in names if m in scores}     # registry order
+                    calibration=la.calibration_, seed=config.seed, exit_threshold=config.exit_threshold,
+                    exit_k=config.exit_k)
+    names = list(config.methods) if config.methods is not None else list_methods()
+    tuning = None
+    if config.tune:
+        cache = None                       # the images evaluated depend on the seed's validation split
+        val_in, val_out = validation_split(test["labels"], len(sets[VALIDATION_OOD]["logits"]), config.seed)
+        tuning = search(names, inputs.restricted({VAL_IN: ("test", val_in), VAL_OUT: (VALIDATION_OOD, val_out)}))
+        kept = {"test": remaining(len(test["logits"]), val_in),
+                VALIDATION_OOD: remaining(len(sets[VALIDATION_OOD]["logits"]), val_out)}
+        inputs = inputs.restricted({n: (n, kept.get(n, np.arange(len(f["logits"])))) for n, f in sets.items()})
+        layer_scores = inputs.layer_scores
+    scores = _scores(names, inputs, cache)
+    ood_names = list(ood_names)
+    pairs = comparisons(len(layer_scores["test"]), {n: len(layer_scores[n]) for n in ood_names}, config.seed)
+    tables, summary = _summary(pairs, layer_scores, scores, ood_names)
 
-    ind = layer_scores["test"]
-    summary, tables = [], {}
-    pairs = comparisons(len(ind), {n: len(layer_scores[n]) for n in ood_names}, seed)
-    for name, i_idx, o_idx in pairs:
-        ood_layers = pick_ood(layer_scores, name, o_idx, ood_names)
-        tables[name] = layer_table(ind[i_idx], ood_layers)
-        n = len(i_idx) if o_idx is not None else f"{len(i_idx)}+{len(ood_layers)}"
-        rows = [method_row(name, m, n, s["test"][i_idx], pick_ood(s, name, o_idx, ood_names))
-                for m, s in scores.items()]
-        summary += rows[:1] + [oracle_row(tables[name], name, n)] + rows[1:]
-
-    out = Layout.results(run, la.tag)
-    settings = {"checkpoint_sha256": sha, "detectors": str(det_dir), "eval_seed": seed, "sets": list(sets)}
+    out = Layout.results(run, la.tag, tuned=config.tune)
+    settings = {"checkpoint_sha256": sha, "detectors": str(det_dir), "eval_seed": config.seed, "sets": list(sets),
+                "tuned": config.tune}
     run_record = {
-        "checkpoint_sha256": sha, "features": str(run), "detectors": str(det_dir), "eval_seed": seed,
+        "checkpoint_sha256": sha, "features": str(run), "detectors": str(det_dir), "eval_seed": config.seed,
         "sets": {n: f["manifest"]["settings"]["images"] for n, f in sets.items()},
         "normalization": test["manifest"]["settings"].get("normalization"), "variants": set_variants(sets),
-        "counts": {n: len(f["logits"]) for n, f in sets.items()},
+        "counts": {n: len(s) for n, s in layer_scores.items()},
         "detector_settings": read_json(Path(det_dir) / MANIFEST)["settings"], "methods": list(scores),
-        "early_exit": {"threshold": exit_threshold, "k": exit_k}, "near": [n for n in ood_names if n in near],
-        "detect_seconds": time.time() - start, "versions": package_versions(), **(record or {})}
+        "early_exit": {"threshold": config.exit_threshold, "k": config.exit_k},
+        "near": [n for n in ood_names if n in config.near], **config.record}
+    near_sets = ", ".join(n for n in ood_names if n in config.near) or "none"
+    head = f"AUROC; near = mean over {near_sets}, far = mean over the other sets, mean = over all (combined left out)"
+    table = overview(summary, config.near)
+    if tuning is not None:
+        tuned_scores = {**scores, **score_methods([m for m, v in chosen(tuning).items() if m in scores and v
+                                                   != get_method(m).defaults], inputs, chosen(tuning))}
+        tuned_summary = _summary(pairs, layer_scores, tuned_scores, ood_names)[1]
+        tuned_table = overview(tuned_summary, config.near)
+        run_record["validation"] = {"test": f"{len(val_in)} test images, {len(val_in) // len(np.unique(test['labels']))}"
+                                            f" per class", VALIDATION_OOD: f"{len(val_out)} images",
+                                    "seed": config.seed, "search_seconds": sum(r["seconds"] for r in tuning.values())}
+        run_record["tuned"] = chosen(tuning)
+    run_record["detect_seconds"] = time.time() - start
+    run_record["versions"] = package_versions()
     with StagingDir(out, settings) as tmp:
         for name, rows in tables.items():
             write_csv(tmp / set_table(name), rows)
@@ -108,12 +136,19 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
             fs = test["manifest"]["settings"]
             write_csv(tmp / EARLY_EXIT, exit_table(inputs, fs["arch"], test["logits"].shape[1], fs.get("tap_spec")))
         write_csv(tmp / SUMMARY_CSV, summary)
-        table = overview(summary, near)
         write_csv(tmp / OVERVIEW_CSV, table)
-        near_sets = ", ".join(n for n in ood_names if n in near) or "none"
-        write_text(tmp / SUMMARY_MD, f"AUROC; near = mean over {near_sets}, far = mean over the other sets, mean = "
-                                     f"over all (combined left out)\n\n{format_table(table)}\nEvery metric:\n\n"
-                                     + format_table(summary) + notes_text(run_record["variants"]))
+        if tuning is None:
+            text = f"{head}\n\n{format_table(table)}"
+        else:
+            write_csv(tmp / TUNED_SUMMARY_CSV, tuned_summary)
+            write_csv(tmp / TUNED_OVERVIEW_CSV, tuned_table)
+            write_json(tmp / TUNING_JSON, tuning)
+            text = (f"{head}; {len(val_in):,} test and {len(val_out):,} {VALIDATION_OOD} images held out for "
+                    f"validation and not evaluated.\n\nAt the defaults:\n\n{format_table(table)}\nTuned on the "
+                    f"validation split (the values chosen are in {TUNING_JSON}):\n\n{format_table(tuned_table)}"
+                    f"\nChosen:\n\n" + "".join(f"- {m}: {describe(v)}\n" for m, v in chosen(tuning).items()))
+        write_text(tmp / SUMMARY_MD, f"{text}\nEvery metric (at the defaults):\n\n" + format_table(summary)
+                   + notes_text(run_record["variants"]))
         write_json(tmp / RUN_RECORD, run_record)
     try:
         _plot(out, tables, layer_scores, scores, ood_names, pairs)
@@ -121,6 +156,32 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], seed: int = 0, n_
         log.warning(f"could not draw the figures in {out} ({type(e).__name__}: {e}); the tables are saved")
     log.info(f"results -> {out}")
     return summary
+
+
+def _scores(names: Sequence[str], inputs: Inputs, cache: Optional[Dict]) -> Dict[str, Dict[str, np.ndarray]]:
+    """Every method's scores at its defaults, in table order; those that depend on neither the detectors nor a
+    held-back split (the same at every seed) are taken from / put into ``cache``."""
+    cache = {} if cache is None else cache
+    fresh = [m for m in names if m not in cache]
+    fixed = lambda m: not (get_method(m).needs & {"detectors", "calibration", "layers"})  # noqa: E731
+    scores = score_methods([m for m in fresh if not fixed(m)], inputs)
+    cache.update(score_methods([m for m in fresh if fixed(m)], inputs))
+    scores.update({m: cache[m] for m in names if m in cache})
+    return {m: scores[m] for m in names if m in scores}
+
+
+def _summary(pairs, layer_scores, scores, ood_names) -> Tuple[Dict[str, List[Dict]], List[Dict]]:
+    """The per-set layer tables and the summary rows (each set's first method, the oracle, the others)."""
+    ind = layer_scores["test"]
+    summary, tables = [], {}
+    for name, i_idx, o_idx in pairs:
+        ood_layers = pick_ood(layer_scores, name, o_idx, ood_names)
+        tables[name] = layer_table(ind[i_idx], ood_layers)
+        n = len(i_idx) if o_idx is not None else f"{len(i_idx)}+{len(ood_layers)}"
+        rows = [method_row(name, m, n, s["test"][i_idx], pick_ood(s, name, o_idx, ood_names))
+                for m, s in scores.items()]
+        summary += rows[:1] + [oracle_row(tables[name], name, n)] + rows[1:]
+    return tables, summary
 
 
 def set_variants(sets: Dict[str, Dict]) -> Dict[str, str]:
@@ -138,13 +199,13 @@ def notes_text(variants: Dict[str, str]) -> str:
 
 
 def repeat_over_seeds(run: Path, make_laood: Callable[[int], LAOOD], seeds: Sequence[int],
-                      ood_names: Sequence[str], **detect_kwargs) -> List[Dict]:
+                      ood_names: Sequence[str], config: DetectConfig = DetectConfig()) -> List[Dict]:
     """The detector stage and detection repeated for each seed (the 70/30 split and the balanced
     subsets change; the images and features do not); writes and returns the spread table."""
     per_seed, cache = {}, {}
     for seed in seeds:
         la = make_laood(seed)
-        per_seed[seed] = detect(run, train_detectors(run, la), ood_names, seed=seed, cache=cache, **detect_kwargs)
+        per_seed[seed] = detect(run, train_detectors(run, la), ood_names, replace(config, seed=seed), cache=cache)
     rows = spread_over_seeds(per_seed)
     out = Layout.results(run, Layout.seeds_tag(la.kind.tag(la.get_params()), seeds, la.calibration_size))
     with StagingDir(out, {"seeds": list(seeds), "detector_tag": la.tag}) as tmp:

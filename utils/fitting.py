@@ -84,9 +84,10 @@ def load_calibration(directory: Path) -> Optional[Calibration]:
                        np.load(held) if held.exists() else None)
 
 
-def load_detectors(directory: Path, expect_sha: Optional[str] = None) -> LAOOD:
+def load_detectors(directory: Path, expect_sha: Optional[str] = None, **runtime) -> LAOOD:
     """The fitted per-layer detectors of a directory written by :func:`train_detectors`. Their files hold arrays
-    and JSON only; loading them never executes code (detectors of older versions, pickled, are not read)."""
+    and JSON only; loading them never executes code (detectors of older versions, pickled, are not read).
+    ``runtime``: settings of how they run, not of what was fitted (``n_jobs``, ``backend``)."""
     manifest = read_json(Path(directory) / MANIFEST)
     if manifest is None:
         raise FileNotFoundError(f"no trained detectors in {directory}; run train_ood_detectors.py first")
@@ -98,7 +99,7 @@ def load_detectors(directory: Path, expect_sha: Optional[str] = None) -> LAOOD:
         raise ValueError(f"detectors in {directory} were fitted on features of another checkpoint "
                          f"({s['checkpoint_sha256'][:8]}, expected {expect_sha[:8]}); retrain them")
     names = LAOOD().get_params()
-    la = LAOOD(**{k: (tuple(v) if k == "gammas" else v) for k, v in s.items() if k in names})
+    la = LAOOD(**{**{k: (tuple(v) if k == "gammas" else v) for k, v in s.items() if k in names}, **runtime})
     la.calibration_ = load_calibration(directory)
     la.detectors_ = [load_detector(Path(directory) / layer_file(i, "npz"), REBUILD) for i in range(manifest["layers"])]
     return la

@@ -25,6 +25,7 @@ SELECTION, CALIBRATION, CALIBRATION_HELD = "selection.csv", "calibration.json", 
 # Files inside a results directory.
 SUMMARY_CSV, SUMMARY_MD, RUN_RECORD, EARLY_EXIT = "summary.csv", "summary.md", "run.json", "early_exit.csv"
 OVERVIEW_CSV = "overview.csv"     # AUROC per method and set, with near, far and mean
+TUNED_SUMMARY_CSV, TUNED_OVERVIEW_CSV, TUNING_JSON = "tuned_summary.csv", "tuned_overview.csv", "tuning.json"
 SPREAD_CSV, SPREAD_MD = "spread.csv", "spread.md"
 PER_LAYER_PLOT, ARGMAX_PLOT, HISTOGRAM_PLOT = "per_layer_auroc.png", "argmax_counts.png", "histograms.png"
 # Files of a training run.
@@ -115,5 +116,7 @@ class Layout:
         return Path(run) / "detectors" / tag
 
     @staticmethod
-    def results(run: Path, tag: str) -> Path:
-        return Path(run) / "results" / tag
+    def results(run: Path, tag: str, tuned: bool = False) -> Path:
+        """The tables of the detectors ``tag``; ``tuned``: those of a run with a validation split held out
+        (``detect_oods.py --tune``), which evaluates fewer images and so lives apart."""
+        return Path(run) / "results" / (f"{tag}-tuned" if tuned else tag)

@@ -1,0 +1,40 @@
+"""Methods that read many layers: Mahalanobis on every tap, Gram deviations, NAC-UE's neuron coverage."""
+import numpy as np
+
+from .base import HELD, Inputs, register_method, standardise_on
+from .blocks import Mahalanobis
+
+
+@register_method("Mahalanobis (all layers)", ["layers", "labels"],
+                 "Lee et al., NeurIPS 2018; every tapped layer, standardised on held-back train images, summed")
+def _mahalanobis_layers(inp: Inputs):
+    held, kept = inp.held_split()
+    labels = np.asarray(inp.train["labels"])
+    total = {n: 0.0 for n in inp.sets}
+    for i in range(len(inp.train["layers"])):
+        maha = Mahalanobis().fit(np.asarray(inp.train["layers"][i][kept]), labels[kept])
+        per_set = {n: maha.score(f["layers"][i]) for n, f in inp.sets.items()}
+        per_set[HELD] = maha.score(np.asarray(inp.train["layers"][i][held]))
+        for n, z in standardise_on(per_set).items():
+            total[n] = total[n] + z
+    return total
+
+
+@register_method("Gram", ["gram"], "Sastry and Oore, ICML 2020; poles 1-10, every tapped layer")
+def _gram(inp: Inputs):
+    bounds = inp.train["gram_bounds"]
+    return inp.each(lambda f: bounds.score(f["gram"]))
+
+
+@register_method("NAC-UE", ["nac"], "Liu et al., ICLR 2024; the taps of --nac (all, or --nac-taps), pytorch-ood's "
+                                    "alpha 100, M 50, O* 50")
+def _nac_ue(inp: Inputs):
+    from ..nac import Coverage
+    taps = inp.train.get("nac_taps")
+    for name, f in inp.sets.items():
+        if f.get("nac_taps") != taps:
+            raise ValueError(f"NAC-UE: set {name!r} has NAC values of other taps than the train split "
+                             f"({f.get('nac_taps')} against {taps}); rerun save_inter_outputs.py --force with one "
+                             f"--nac-taps for every set")
+    coverage = Coverage(inp.train["nac_widths"]).fit(inp.train["nac"])
+    return inp.each(lambda f: coverage.score(f["nac"]))
