@@ -113,3 +113,33 @@ def test_stage_5_co_trains_from_the_fitted_detectors(toy):
     changed = [name for name, p in after.state_dict().items()
                if p.dtype.is_floating_point and not torch.equal(p, before.state_dict()[name])]
     assert changed                                                # the backbone moved
+
+
+def test_tune_searches_on_the_validation_split_only_and_evaluates_the_rest(toy, monkeypatch):
+    import json
+
+    import utils.detection as detection
+    from utils.tuning import VAL_IN, VAL_OUT, validation_split
+    seen, real = [], detection.search
+    monkeypatch.setattr(detection, "search", lambda names, val: seen.append(val) or real(names, val))
+    detect_oods.main(detect_oods.get_args_parser().parse_args(
+        toy["model"] + toy["detectors"] + ["--tune", "--tune-ood", "noise", "--tune-size", "6"]))
+    test, noise = load_features(toy["run"], "test"), load_features(toy["run"], "noise")
+    val_in, val_out = validation_split(test["labels"], len(noise["logits"]), 0, 6)
+    (val,) = seen                                    # one search, on the validation images and nothing else
+    assert set(val.sets) == {VAL_IN, VAL_OUT} and set(val.layer_scores) == {VAL_IN, VAL_OUT}
+    np.testing.assert_array_equal(val.sets[VAL_IN]["penultimate"], test["penultimate"][val_in])
+    np.testing.assert_array_equal(val.sets[VAL_OUT]["penultimate"], noise["penultimate"][val_out])
+    res = toy["run"] / "results" / f"{toy['det'].name}-tuned"
+    record = json.loads((res / "run.json").read_text())
+    assert record["counts"] == {"test": len(test["logits"]) - 6, "noise": len(noise["logits"]) - 6, "svhn": 20,
+                                "pure_color": 40}
+    tuning = json.loads((res / "tuning.json").read_text())
+    assert {"Energy", "KNN", "ReAct", "LA-OOD tail + Energy"} <= set(tuning)
+    assert set(record["tuned"]) == set(tuning) and record["validation"]["noise"] == "6 images"
+    for name, found in tuning.items():
+        assert found["val_auroc"] == max(p["auroc"] for p in found["points"]) >= found["default_val_auroc"]
+    tuned = {r["method"]: r for r in csv.DictReader(open(res / "tuned_overview.csv"))}
+    default = {r["method"]: r for r in csv.DictReader(open(res / "overview.csv"))}
+    assert tuned["LA-OOD"] == default["LA-OOD"] and tuned["MSP"] == default["MSP"]   # nothing to tune
+    assert "Tuned on the validation split" in (res / "summary.md").read_text()

@@ -204,7 +204,8 @@ def train_config(args, recipe: dict) -> TrainConfig:
 
 def detect_config(args, **record) -> DetectConfig:
     """The detection settings of the method and detector flags."""
-    return DetectConfig(seed=args.seed, methods=args.methods, tune=args.tune, near=args.near,
+    return DetectConfig(seed=args.seed, methods=args.methods, tune=args.tune, validation_ood=args.tune_ood,
+                        validation_size=args.tune_size, near=args.near,
                         exit_threshold=args.exit_threshold, exit_k=args.exit_k, n_jobs=args.jobs,
                         backend="dask" if (args.dask_scheduler or args.dask_local) else None,
                         score_device=args.score_device, record=record)
@@ -216,10 +217,15 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
                         help="scoring methods in the tables (default: every registered one whose inputs exist: "
                              f"{', '.join(list_methods())}); LA-OOD's per-layer tables are always written")
     parser.add_argument("--tune", action="store_true",
-                        help=f"hold {VALIDATION_SIZE:,} test images ({VALIDATION_SIZE:,} / classes per class) and "
-                             f"{VALIDATION_SIZE:,} {VALIDATION_OOD} images out for validation, choose every method's "
+                        help=f"hold {VALIDATION_SIZE:,} test images (as many of each class) and {VALIDATION_SIZE:,} "
+                             f"{VALIDATION_OOD} images out for validation, choose every method's "
                              "hyperparameters on them from its grid, and write the tables at the defaults and tuned, "
                              "both on the remaining images, to results/<detectors>-tuned")
+    parser.add_argument("--tune-ood", default=VALIDATION_OOD, metavar="SET",
+                        help=f"--tune: the OOD set whose images are held out for validation (default {VALIDATION_OOD}, "
+                             "as OpenOOD v1.5); it is evaluated on its other images")
+    parser.add_argument("--tune-size", type=positive_int, default=VALIDATION_SIZE, metavar="N",
+                        help=f"--tune: validation images of each side (default {VALIDATION_SIZE:,})")
     parser.add_argument("--near", nargs="+", default=list(NEAR_OODS), metavar="SET",
                         help="OOD sets averaged as near-OOD in the overview (others count as far); default: "
                              f"{' '.join(NEAR_OODS)} (an --extra-ood set named here counts as near too)")

@@ -52,6 +52,8 @@ class DetectConfig:
     seed: int = 0                                  # balanced subsets of the comparisons, held-back splits
     methods: Optional[Sequence[str]] = None        # scoring methods in the tables (None: every registered one)
     tune: bool = False                             # hold a validation split out and search every method's grid
+    validation_ood: str = VALIDATION_OOD           # the OOD set that gives the validation OOD images
+    validation_size: int = VALIDATION_SIZE         # validation images of each side
     near: Sequence[str] = NEAR_OODS                # the sets averaged as near-OOD in the overview
     exit_threshold: float = 0.99                   # early exit's calibrated probability
     exit_k: int = 2                                # early exit's number of layers
@@ -77,9 +79,11 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], config: DetectCon
     test = load_features(run, "test")
     if not ood_names:
         raise ValueError(f"no OOD sets to score in {run / 'features'}; generate and save some first")
-    if config.tune and VALIDATION_OOD not in ood_names:
-        raise ValueError(f"--tune holds {VALIDATION_SIZE:,} images of the {VALIDATION_OOD} set out for validation, "
-                         f"but it is not among the sets scored ({', '.join(ood_names)}); generate and save it first")
+    val_ood = config.validation_ood
+    if config.tune and val_ood not in ood_names:
+        raise ValueError(f"--tune holds {config.validation_size:,} images of the {val_ood} set out for validation, "
+                         f"but it is not among the sets scored ({', '.join(ood_names)}); generate and save it first, "
+                         f"or name another with --tune-ood")
     sha = test["manifest"]["settings"]["checkpoint_sha256"]
     la = load_detectors(det_dir, expect_sha=sha, n_jobs=config.n_jobs, backend=config.backend)
     sets = {"test": test, **{name: load_features(run, name, expect_sha=sha) for name in ood_names}}
@@ -91,10 +95,10 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], config: DetectCon
     tuning = None
     if config.tune:
         cache = None                       # the images evaluated depend on the seed's validation split
-        val_in, val_out = validation_split(test["labels"], len(sets[VALIDATION_OOD]["logits"]), config.seed)
-        tuning = search(names, inputs.restricted({VAL_IN: ("test", val_in), VAL_OUT: (VALIDATION_OOD, val_out)}))
-        kept = {"test": remaining(len(test["logits"]), val_in),
-                VALIDATION_OOD: remaining(len(sets[VALIDATION_OOD]["logits"]), val_out)}
+        val_in, val_out = validation_split(test["labels"], len(sets[val_ood]["logits"]), config.seed,
+                                           config.validation_size)
+        tuning = search(names, inputs.restricted({VAL_IN: ("test", val_in), VAL_OUT: (val_ood, val_out)}))
+        kept = {"test": remaining(len(test["logits"]), val_in), val_ood: remaining(len(sets[val_ood]["logits"]), val_out)}
         inputs = inputs.restricted({n: (n, kept.get(n, np.arange(len(f["logits"])))) for n, f in sets.items()})
         layer_scores = inputs.layer_scores
     scores = _scores(names, inputs, cache)
@@ -122,7 +126,7 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], config: DetectCon
         tuned_summary = _summary(pairs, layer_scores, tuned_scores, ood_names)[1]
         tuned_table = overview(tuned_summary, config.near)
         run_record["validation"] = {"test": f"{len(val_in)} test images, {len(val_in) // len(np.unique(test['labels']))}"
-                                            f" per class", VALIDATION_OOD: f"{len(val_out)} images",
+                                            f" per class", val_ood: f"{len(val_out)} images",
                                     "seed": config.seed, "search_seconds": sum(r["seconds"] for r in tuning.values())}
         run_record["tuned"] = chosen(tuning)
     run_record["detect_seconds"] = time.time() - start
@@ -143,7 +147,7 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], config: DetectCon
             write_csv(tmp / TUNED_SUMMARY_CSV, tuned_summary)
             write_csv(tmp / TUNED_OVERVIEW_CSV, tuned_table)
             write_json(tmp / TUNING_JSON, tuning)
-            text = (f"{head}; {len(val_in):,} test and {len(val_out):,} {VALIDATION_OOD} images held out for "
+            text = (f"{head}; {len(val_in):,} test and {len(val_out):,} {val_ood} images held out for "
                     f"validation and not evaluated.\n\nAt the defaults:\n\n{format_table(table)}\nTuned on the "
                     f"validation split (the values chosen are in {TUNING_JSON}):\n\n{format_table(tuned_table)}"
                     f"\nChosen:\n\n" + "".join(f"- {m}: {describe(v)}\n" for m, v in chosen(tuning).items()))

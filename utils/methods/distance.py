@@ -12,7 +12,8 @@ def _mahalanobis(inp: Inputs):
 
 
 @register_method("KNN", ["penultimate"], "Sun et al., ICML 2022; faiss where installed",
-                 grid={"k": (50, 100, 200, 500, 1000)}, grid_source="OpenOOD v1.0 (knn)")
+                 grid={"k": lambda inp: [k for k in (50, 100, 200, 500, 1000) if k <= len(inp.train["penultimate"])]},
+                 grid_source="OpenOOD v1.0 (knn)")
 def _knn(inp: Inputs, k=50):
     knn = KNN(k=k).fit(inp.train["penultimate"])
     return inp.each(lambda f: knn.score(f["penultimate"]))
