@@ -9,11 +9,11 @@ import argparse
 import time
 
 from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, add_set_args, data_config,
-                       detect_config, layout, positive_int)
+                       add_nac_stages_arg, detect_config, layout, positive_int)
 from utils.runtime import dask_cluster, la_ood, resolve_device, run_script
 from utils.data import parse_extra
 from utils.detection import detect
-from utils.features import open_backbone, save_features
+from utils.features import open_backbone, save_features, save_nac_stages
 from utils.fitting import train_detectors
 from utils.generate import generate
 from utils.paths import IND_SPLITS, SUMMARY_MD, Layout
@@ -34,6 +34,7 @@ def get_args_parser():
     parser.add_argument("--nac-taps", default=None, metavar="SPEC",
                         help="NAC-UE on some taps only (implies --nac): comma-separated indices, tap names or start:stop ranges, "
                              "e.g. 'trans1.conv1:' (default: all); the backward pass stops at the earliest")
+    add_nac_stages_arg(parser)
     add_method_args(parser)
     parser.add_argument("--quick", action="store_true",
                         help="reduced run: seeded subsets of 10,000 train, 2,000 test and 2,000 images per OOD set "
@@ -58,6 +59,9 @@ def main(args):
     run = save_features(model, sha, lay, args.ind, cfg.tag, list(sets), device, args.batch_size, odin=args.odin,
                         gram=args.gram, seed=args.seed, precision=args.precision, nac=args.nac,
                         nac_taps=args.nac_taps)
+    if args.nac_stages:
+        save_nac_stages(model, sha, run, lay, args.ind, cfg.tag, list(sets), device,
+                        None if args.nac_stages == "default" else args.nac_stages)
     timings["features_s"], t = time.time() - t, time.time()
     la = la_ood(args, model.arch, run)
     oods = [name for name in sets if name not in IND_SPLITS]

@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from utils.cli import add_data_args, add_model_args, data_config, layout, positive_int
+from utils.cli import add_data_args, add_model_args, add_nac_stages_arg, data_config, layout, positive_int
 from utils.runtime import resolve_device, run_script
-from utils.features import open_backbone, save_features
+from utils.features import open_backbone, save_features, save_nac_stages
 from utils.generate import generated_sets
 from utils.paths import IND_SPLITS
 
@@ -50,6 +50,7 @@ def get_args_parser():
     parser.add_argument("--nac-taps", default=None, metavar="SPEC",
                         help="NAC-UE on some taps only (implies --nac): comma-separated indices, tap names or start:stop ranges, "
                              "e.g. 'trans1.conv1:' (default: all); the backward pass stops at the earliest")
+    add_nac_stages_arg(parser)
     parser.add_argument("--force", action="store_true", help="recompute sets that are already complete")
     return parser
 
@@ -67,6 +68,9 @@ def main(args):
     start = time.time()
     run = save_features(model, sha, lay, args.ind, cfg.tag, names, device, args.batch_size, args.force, args.odin,
                         args.gram, args.seed, args.precision, nac=args.nac, nac_taps=args.nac_taps)
+    if args.nac_stages:
+        save_nac_stages(model, sha, run, lay, args.ind, cfg.tag, names, device,
+                        None if args.nac_stages == "default" else args.nac_stages)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     log.info(f"features of {len(names)} sets from {model.arch} ({sha[:8]}) on {device} in {time.time() - start:.0f}s "

@@ -67,6 +67,19 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (subsets, splits, colours)")
 
 
+def nac_stages_arg(text: str):
+    return [m.strip() for m in text.split(",") if m.strip()] if text != "default" else "default"
+
+
+def add_nac_stages_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nac-stages", nargs="?", const="default", default=None, type=nac_stages_arg,
+                        metavar="MODULES",
+                        help="also store NAC-UE's values as its authors compute them (utils/nac_authors.py) in "
+                             "<run>/nac_stages: for a ResNet every stage output but the last (default), or the "
+                             "comma-separated modules named; a backward pass over every evaluated image and 1,000 "
+                             "train images")
+
+
 def add_set_args(parser: argparse.ArgumentParser) -> None:
     """Which sets stage 1 makes, and whether it may fetch them (generate_datasets.py and run_pipeline.py)."""
     parser.add_argument("--ood", nargs="+", choices=OOD_SETS, default=None,

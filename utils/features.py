@@ -17,6 +17,7 @@ from models import Normalization, load_model
 from models.generic import is_generic, run_name
 
 from .nac import nac_values, select_taps
+from .nac_authors import default_stages, fit_rows, stage_products
 from .odin import odin as odin_scores
 from .data import NUM_CLASSES, normalization_of, to_input
 from .generate import load_images
@@ -291,6 +292,9 @@ def load_features(run: Path, name: str, expect_sha: Optional[str] = None) -> Dic
         out["nac_widths"] = [manifest["widths"][i] for i in taps]
     if (d / GRAM_BOUNDS).exists():
         out["gram_bounds"] = GramBounds.load(d / GRAM_BOUNDS)
+    stages = load_nac_stages(run, name)
+    if stages is not None:     # the train split's are for its fitting rows only: kept apart from the row-aligned
+        out["nac_stages_fit" if name == "train" else "nac_stages"] = stages
     return out
 
 
@@ -311,3 +315,43 @@ def load_head(run: Path):
         return None
     with np.load(path) as z:
         return z["weight"], z["bias"]
+
+
+NAC_STAGES_VERSION = 1
+
+
+def save_nac_stages(model, ckpt_sha: str, run: Path, layout: Layout, ind: str, tag: str, names: Sequence[str],
+                    device: torch.device, stages: Optional[Sequence[str]] = None, batch_size: int = 128,
+                    seed: int = 0) -> List[str]:
+    """NAC-UE's stage values as its authors compute them (utils/nac_authors.py), beside the features: per set,
+    one ``(N, channels)`` array per stage module in ``run/nac_stages/<set>/``; for the train split only the
+    seeded 1,000 images the coverage is counted on. Sets already complete are kept. Returns the modules."""
+    stages = list(stages or default_stages(model.arch, [n for n, _ in model.named_modules()]))
+    for name in names:
+        images, labels, image_manifest = load_images(layout, ind, tag, name)
+        rows = fit_rows(labels, seed) if name == "train" else np.arange(len(images))
+        settings = {"checkpoint_sha256": ckpt_sha, "images": image_manifest["settings"], "stages": stages,
+                    "version": NAC_STAGES_VERSION, "seed": seed if name == "train" else None}
+        out = Layout.nac_stages(run, name)
+        if is_complete(out, settings):
+            log.info(f"{name}: NAC-UE stage values already complete in {out}")
+            continue
+        values = stage_products(model, images[rows], stages, device, batch_size, progress=f"{name} (NAC-UE stages)")
+        with StagingDir(out, settings, {"count": len(rows)}) as tmp:
+            np.save(tmp / "rows.npy", rows)
+            for i, stage in enumerate(stages):
+                np.save(tmp / f"stage_{i:02d}.npy", values[stage])
+        log.info(f"{name}: NAC-UE values of {len(stages)} stages for {len(rows)} images -> {out}")
+    return stages
+
+
+def load_nac_stages(run: Path, name: str) -> Optional[Dict[str, object]]:
+    """``{'rows', 'stages' (deepest first), 'names'}`` saved by :func:`save_nac_stages`, or None."""
+    d = Layout.nac_stages(run, name)
+    manifest = read_json(d / MANIFEST)
+    if manifest is None:
+        return None
+    names = manifest["settings"]["stages"]
+    rebuild = f"save_inter_outputs.py --nac-stages --sets {name} (with the flags that made {run})"
+    arrays = [load_array(d / f"stage_{i:02d}.npy", rebuild) for i in range(len(names))]
+    return {"rows": load_array(d / "rows.npy", rebuild), "stages": arrays[::-1], "names": names[::-1]}

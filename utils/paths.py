@@ -99,6 +99,11 @@ class Layout:
         return Path(run) / "features" / name
 
     @staticmethod
+    def nac_stages(run: Path, name: str) -> Path:
+        """NAC-UE's stage values as its authors compute them (``save_inter_outputs.py --nac-stages``)."""
+        return Path(run) / "nac_stages" / name
+
+    @staticmethod
     def head(run: Path) -> Path:
         return Path(run) / "features" / HEAD
 

@@ -11,6 +11,7 @@ A method is a function ``fn(inputs, **hyperparameters) -> {set name: scores}`` r
     odin                          ODIN scores stored by ``save_inter_outputs.py --odin``
     gram                          Gram deviations stored by ``save_inter_outputs.py --gram`` (utils/gram.py)
     nac                           NAC-UE's gradient quantities stored by ``save_inter_outputs.py --nac`` (utils/nac.py)
+    nac_stages                    NAC-UE's stage values as its authors compute them (``--nac-stages``, utils/nac_authors.py)
     detectors                     the fitted per-layer detectors' scores (stage 3)
     calibration                   the train images held back from the detectors, and their layer scores
 
@@ -43,7 +44,7 @@ for _base in TAIL_BASES:
 # post-hoc baselines roughly by year, then the tail rule over each of its bases.
 TABLE_ORDER = ("LA-OOD", "LA-OOD (calibrated)", "early exit", "MSP", "ODIN", "Energy", "GEN", "ReAct", "ASH-S",
                "DICE", "ViM", "Mahalanobis", "Mahalanobis (all layers)", "Gram", "KNN", "fDBD", "RMDS", "SCALE",
-               "NCI", "NAC-UE", "NNGuide", *(f"LA-OOD tail + {b}" for b in TAIL_BASES))
+               "NCI", "NAC-UE", "NAC-UE (authors)", "NNGuide", *(f"LA-OOD tail + {b}" for b in TAIL_BASES))
 
 
 def list_methods() -> List[str]:

@@ -18,8 +18,8 @@ from ..splits import held_split
 
 log = logging.getLogger("utils.methods")
 
-NEEDS = frozenset({"logits", "penultimate", "labels", "layers", "head", "odin", "gram", "nac", "detectors",
-                   "calibration"})
+NEEDS = frozenset({"logits", "penultimate", "labels", "layers", "head", "odin", "gram", "nac", "nac_stages",
+                   "detectors", "calibration"})
 HELD = "__held__"        # the held-back train rows, scored as one more set when a score is standardised
 
 
@@ -45,6 +45,9 @@ def take(features: Dict, idx: np.ndarray) -> Dict:
     out.update({k: np.asarray(features[k][idx]) for k in ROW_KEYS if k in features})
     if "layers" in features:
         out["layers"] = Rows(features["layers"], idx)
+    if "nac_stages" in features:
+        v = features["nac_stages"]
+        out["nac_stages"] = {**v, "rows": np.asarray(v["rows"])[idx], "stages": [np.asarray(a)[idx] for a in v["stages"]]}
     return out
 
 
@@ -70,6 +73,8 @@ class Inputs:
             have.add("gram")
         if self.sets and all("nac" in f for f in [self.train, *self.sets.values()]):
             have.add("nac")
+        if self.sets and "nac_stages_fit" in self.train and all("nac_stages" in f for f in self.sets.values()):
+            have.add("nac_stages")
         if self.layer_scores is not None:
             have.add("detectors")
         if self.calibration is not None and self.calibration.held is not None:
@@ -179,7 +184,8 @@ def get_method(name: str) -> Method:
 
 
 _HOW = {"odin": "run save_inter_outputs.py --odin", "gram": "run save_inter_outputs.py --gram",
-        "nac": "run save_inter_outputs.py --nac", "calibration": "fit the detectors with --calibration-size N",
+        "nac": "run save_inter_outputs.py --nac", "nac_stages": "run save_inter_outputs.py --nac-stages",
+        "calibration": "fit the detectors with --calibration-size N",
         "head": "run save_inter_outputs.py again: it saves the classifier head",
         "detectors": "run train_ood_detectors.py"}
 

@@ -1,6 +1,7 @@
 """Methods that read many layers: Mahalanobis on every tap, Gram deviations, NAC-UE's neuron coverage."""
 import numpy as np
 
+from .. import nac_authors
 from .base import HELD, Inputs, register_method, standardise_on
 from .blocks import Mahalanobis
 
@@ -38,3 +39,28 @@ def _nac_ue(inp: Inputs):
                              f"--nac-taps for every set")
     coverage = Coverage(inp.train["nac_widths"]).fit(inp.train["nac"])
     return inp.each(lambda f: coverage.score(f["nac"]))
+
+
+def _depth_grid(depth: int):
+    """The authors' grid of one layer (deepest first) where the model has that layer, else its default only."""
+    def grid(inp: Inputs):
+        layers = 1 + len(inp.train["nac_stages_fit"]["stages"])
+        return nac_authors.CIFAR10_GRID[depth] if depth < layers else (nac_authors.CIFAR10_SETTING[depth],)
+    return grid
+
+
+@register_method("NAC-UE (authors)", ["nac_stages", "penultimate", "head", "labels"],
+                 "Liu et al., ICLR 2024, as their code computes it (utils/nac_authors.py); per layer (M, O*, alpha), "
+                 "deepest first: the pooled features, then the stages from the last up",
+                 grid={f"layer{d}": _depth_grid(d) for d in range(4)}, grid_source="the authors' CIFAR-10 sweep")
+def _nac_ue_authors(inp: Inputs, layer0=nac_authors.CIFAR10_SETTING[0], layer1=nac_authors.CIFAR10_SETTING[1],
+                    layer2=nac_authors.CIFAR10_SETTING[2], layer3=nac_authors.CIFAR10_SETTING[3]):
+    fit = inp.train["nac_stages_fit"]
+    for name, f in inp.sets.items():
+        if f["nac_stages"]["names"] != fit["names"]:
+            raise ValueError(f"NAC-UE (authors): set {name!r} has values of stages {f['nac_stages']['names']}, the train "
+                             f"split of {fit['names']}; rerun save_inter_outputs.py --nac-stages with one --nac-stages")
+    pooled = lambda pen: nac_authors.pooled_products(pen, inp.head)  # noqa: E731
+    train = [pooled(np.asarray(inp.train["penultimate"])[fit["rows"]]), *fit["stages"]]
+    sets = {n: [pooled(f["penultimate"]), *f["nac_stages"]["stages"]] for n, f in inp.sets.items()}
+    return nac_authors.nac_ue(train, sets, (layer0, layer1, layer2, layer3))
