@@ -38,6 +38,14 @@ def test_pooled_gradient_is_autograd_s():
     np.testing.assert_allclose(pooled_products(o, (weight, bias)), o * g.numpy(), rtol=1e-10)
 
 
+def test_default_stages_are_every_stage_output_but_the_last():
+    from models import create_model
+    assert nac_authors.default_stages(create_model("resnet34", 10)) == ["layer1", "layer2", "layer3"]
+    assert nac_authors.default_stages(create_model("densenet100", 10)) == ["trans1", "trans2"]
+    assert nac_authors.default_stages(create_model("vgg16", 10)) == ["features.6", "features.13", "features.23",
+                                                                     "features.33"]
+
+
 def test_fit_rows_take_as_many_of_each_class():
     labels = np.repeat(np.arange(10), 500)
     rows = fit_rows(labels, seed=0)
@@ -97,7 +105,7 @@ def test_registry_scores_equal_the_authors_definition_on_real_images(tmp_path):
     layout = Layout(tmp_path / "gen", tmp_path / "runs")
     generate(cfg, layout)
     model, _ = open_backbone(need(CHECKPOINTS / "resnet20-cifar10-akamaster.th"), "cifar10", "resnet20")
-    stages = nac_authors.default_stages(model.arch, [n for n, _ in model.named_modules()])
+    stages = nac_authors.default_stages(model)
     assert stages == ["layer1", "layer2"]
     save_head(model, tmp_path)
     head = load_head(tmp_path)

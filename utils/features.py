@@ -326,7 +326,7 @@ def save_nac_stages(model, ckpt_sha: str, run: Path, layout: Layout, ind: str, t
     """NAC-UE's stage values as its authors compute them (utils/nac_authors.py), beside the features: per set,
     one ``(N, channels)`` array per stage module in ``run/nac_stages/<set>/``; for the train split only the
     seeded 1,000 images the coverage is counted on. Sets already complete are kept. Returns the modules."""
-    stages = list(stages or default_stages(model.arch, [n for n, _ in model.named_modules()]))
+    stages = list(stages or default_stages(model))
     for name in names:
         images, labels, image_manifest = load_images(layout, ind, tag, name)
         rows = fit_rows(labels, seed) if name == "train" else np.arange(len(images))

@@ -6,8 +6,9 @@ What differs from pytorch-ood's ``NACUE`` (utils/nac.py), each of which moves th
 - **Layers**: for a ResNet, the output of every stage but the last, and the pooled features (the last stage,
   average-pooled, which the head reads): ResNet-18 on CIFAR-10 in the authors' setting uses layer1, layer2,
   layer3 and avgpool; the ResNet-20/56 here have three stages, so layer1, layer2 and the pooled features;
-  ResNet34 has ResNet-18's four stages, so the authors' four layers. Other architectures name their modules
-  with ``--nac-stages``.
+  ResNet34 has ResNet-18's four stages, so the authors' four layers. The same rule picks VGG16's first four
+  blocks (the max-pooling outputs ``features.6`` to ``features.33``) and DenseNet100's transitions (``trans1``,
+  ``trans2``); ``--nac-stages`` names other modules. Layers beyond the fourth take the fourth's setting.
 - **State of a neuron**: the loss is the cross-entropy of the softmax against the uniform distribution,
   summed over the batch; with o a layer's output and g its gradient, each is **summed** over the spatial
   positions, and channel c's state is ``sigmoid(alpha * sum(o_c) * sum(g_c))``. Stage 2 stores the product
@@ -23,6 +24,7 @@ What differs from pytorch-ood's ``NACUE`` (utils/nac.py), each of which moves th
   mean over layers of the layer's mean over neurons of ``min(count of its interval / O*, 1)``; the OOD score
   here is minus that.
 """
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -44,13 +46,21 @@ FIT_IMAGES = 1000
 POOLED = "pooled"
 
 
-def default_stages(arch: str, module_names: Sequence[str]) -> List[str]:
-    """The stage modules whose outputs NAC-UE reads for a ResNet of this repository: every ``layerK`` but the
-    last (the pooled features stand for it)."""
-    stages = sorted(n for n in module_names if n.startswith("layer") and n[5:].isdigit())
-    if not arch.startswith("resnet") or len(stages) < 2:
-        raise ValueError(f"no default NAC-UE stages for {arch}; name the modules with --nac-stages (e.g. 'block1,block2')")
-    return stages[:-1]
+def default_stages(model) -> List[str]:
+    """The modules whose outputs NAC-UE reads, every stage's output but the last (the pooled features stand for
+    it): a ResNet's ``layerK``, as the authors do; by the same rule a DenseNet's transitions ``transK`` (the
+    outputs of its first blocks) and VGG's max-pooling layers but the last (the outputs of its first blocks)."""
+    named = dict(model.named_modules())
+    resnet = sorted((n for n in named if re.fullmatch(r"layer\d+", n)), key=lambda n: int(n[5:]))
+    if len(resnet) >= 2:
+        return resnet[:-1]
+    dense = sorted((n for n in named if re.fullmatch(r"trans\d+", n)), key=lambda n: int(n[5:]))
+    if dense:
+        return dense
+    pools = [n for n, m in named.items() if isinstance(m, torch.nn.MaxPool2d)]
+    if len(pools) >= 2:
+        return pools[:-1]
+    raise ValueError(f"no default NAC-UE stages for {model.arch}; name the modules with --nac-stages (e.g. 'block1,block2')")
 
 
 def stage_products(model, images: np.ndarray, modules: Sequence[str], device: torch.device, batch_size: int = 128,

@@ -63,4 +63,5 @@ def _nac_ue_authors(inp: Inputs, layer0=nac_authors.CIFAR10_SETTING[0], layer1=n
     pooled = lambda pen: nac_authors.pooled_products(pen, inp.head)  # noqa: E731
     train = [pooled(np.asarray(inp.train["penultimate"])[fit["rows"]]), *fit["stages"]]
     sets = {n: [pooled(f["penultimate"]), *f["nac_stages"]["stages"]] for n, f in inp.sets.items()}
-    return nac_authors.nac_ue(train, sets, (layer0, layer1, layer2, layer3))
+    settings = (layer0, layer1, layer2, layer3)
+    return nac_authors.nac_ue(train, sets, settings + (layer3,) * max(0, len(train) - len(settings)))
