@@ -84,8 +84,9 @@ def test_auto_picks_by_size(tmp_path):
     assert resolve_detector("iforest", 10**7)[0] == "iforest"
     with pytest.raises(ValueError, match="unknown detector"):
         resolve_detector("svm", 10)
-    args = type("A", (), dict(gammas=None, detector="auto", nu=0.001, seed=0, select_size=None, no_prune=False,
-                              jobs=1, calibration_size=0, dask_scheduler=None, dask_local=None, landmarks=512))()
+    args = type("A", (), dict(gammas=None, detector="auto", nu=0.001, seed=0, select_size=None, prune=True,
+                              n_jobs=1, calibration_size=0, dask_scheduler=None, dask_local=None, n_components=512,
+                              cache_size=1000))()
     with pytest.raises(FileNotFoundError, match="save_inter_outputs.py first"):
         la_ood(args, "vgg16", tmp_path)
 

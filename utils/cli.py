@@ -6,7 +6,8 @@ from pathlib import Path
 from models import list_models, parse_normalization
 
 from .data import IND_SETS, NEAR_OODS, OOD_SETS, check_name
-from .detectors import APPROX_LANDMARKS, APPROX_SELECT_SIZE, AUTO_EXACT_MAX, NU, detector_choices, get_detector, list_detectors
+from .detectors import LAOOD
+from .detectors.ensemble import FLAGS
 from .detection import DetectConfig
 from .engine import TrainConfig
 from .generate import MAX_OOD, DataConfig
@@ -144,32 +145,24 @@ def layout(args) -> Layout:
 
 
 def add_detector_args(parser: argparse.ArgumentParser) -> None:
+    """The detector stage's flags: one per setting of ``LAOOD.get_params()`` (generated from ``detectors.FLAGS``),
+    then how the stages run (Dask, the scoring device, early exit)."""
     g = parser.add_argument_group("detectors")
-    kinds = "; ".join(f"{name}: {get_detector(name).help}" for name in list_detectors())
-    g.add_argument("--detector", default=list_detectors()[0], choices=detector_choices(),
-                   help=f"per-layer detector ({kinds}; auto: the exact One-Class SVM up to {AUTO_EXACT_MAX:,} "
-                        f"fitting images, the approximate one above)")
-    g.add_argument("--gammas", type=float, nargs="+", default=None,
-                   help="One-Class SVM gamma grid (default: the model recipe's, the original's for most)")
-    g.add_argument("--nu", type=float, default=NU, help="One-Class SVM nu")
-    g.add_argument("--landmarks", type=positive_int, default=APPROX_LANDMARKS,
-                   help=f"ocsvm-approx: Nystroem landmarks per layer (more: closer to the exact SVM, slower; "
-                        f"default {APPROX_LANDMARKS})")
-    g.add_argument("--select-size", type=positive_int, default=None,
-                   help="choose gamma on a seeded subsample of this many train features (the final "
-                        "detector is still fitted on all); default: all for ocsvm, as the original, "
-                        f"{APPROX_SELECT_SIZE:,} for ocsvm-approx")
-    g.add_argument("--no-prune", action="store_true",
-                   help="try every gamma of the grid instead of stopping once larger ones cannot win")
-    g.add_argument("--jobs", type=int, default=-1, help="layers fitted / scored in parallel (-1: all cores)")
+    defaults = LAOOD().get_params()
+    for name, flag in FLAGS.items():
+        option = "--" + name.replace("_", "-")
+        default = flag.default if flag.default is not None else (None if flag.nargs else defaults[name])
+        if flag.type is bool:
+            g.add_argument(option, *flag.aliases, dest=name, action=argparse.BooleanOptionalAction, default=default,
+                           help=flag.help)
+            continue
+        g.add_argument(option, *flag.aliases, dest=name, type=flag.type, nargs=flag.nargs, choices=flag.choices,
+                       default=default, help=flag.help)
     g.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
                    help="fit and score the layers on a Dask cluster (e.g. tcp://10.0.0.5:8786) through joblib's "
                         "Dask backend; needs dask[distributed]")
     g.add_argument("--dask-local", type=positive_int, default=None, metavar="N",
                    help="fit and score the layers on a local Dask cluster of N worker processes")
-    g.add_argument("--calibration-size", type=int, default=0,
-                   help="hold this many seeded train images back from the detectors to calibrate each layer's "
-                        "score (adds the calibrated maximum and early exit to the tables); 0: off, as the original")
     g.add_argument("--score-device", default=None, metavar="DEVICE",
                    help="score the One-Class SVM layers with torch on this device (cpu, cuda, ...), in batches, "
                         "instead of the default float64 NumPy scoring (equal to scikit-learn's to 1e-9)")
@@ -219,7 +212,7 @@ def detect_config(args, **record) -> DetectConfig:
     """The detection settings of the method and detector flags."""
     return DetectConfig(seed=args.seed, methods=args.methods, tune=args.tune, validation_ood=args.tune_ood,
                         validation_size=args.tune_size, near=args.near,
-                        exit_threshold=args.exit_threshold, exit_k=args.exit_k, n_jobs=args.jobs,
+                        exit_threshold=args.exit_threshold, exit_k=args.exit_k, n_jobs=args.n_jobs,
                         backend="dask" if (args.dask_scheduler or args.dask_local) else None,
                         score_device=args.score_device, record=record)
 

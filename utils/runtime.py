@@ -11,7 +11,7 @@ from models import get_recipe, read_checkpoint
 from models.generic import run_name
 
 from .cli import data_config, layout
-from .detectors import GAMMAS, LAOOD, resolve_detector
+from .detectors import GAMMAS, LAOOD
 from .io import read_json, sha256_file
 from .paths import MANIFEST, Layout
 
@@ -56,21 +56,18 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def la_ood(args, arch: str, run: Path) -> LAOOD:
-    """The detector stage the flags ask for; ``--detector auto`` is resolved by the size of ``run``'s train
-    features (which must exist by then), and the choice logged and kept in ``LAOOD.choice``."""
-    gammas = tuple(args.gammas or get_recipe(arch).get("gammas", GAMMAS))
-    detector, choice = args.detector, f"{args.detector} (asked for)"
-    if detector == "auto":
-        manifest = read_json(Layout.features(run, "train") / MANIFEST)
-        if manifest is None:
-            raise FileNotFoundError(f"--detector auto needs the train features of {run} to know their size; "
-                                    f"run save_inter_outputs.py first")
-        detector, choice = resolve_detector("auto", manifest["count"] - args.calibration_size)
-        logging.getLogger("detectors").info(f"--detector {choice}")
-    la = LAOOD(detector=detector, gammas=gammas, nu=args.nu, seed=args.seed, select_size=args.select_size,
-               prune=not args.no_prune, n_components=args.landmarks, calibration_size=args.calibration_size,
-               n_jobs=args.jobs, backend="dask" if (args.dask_scheduler or args.dask_local) else None)
-    la.choice = choice
+    """The detector stage the flags ask for (``LAOOD.from_flags``), the gamma grid defaulting to the model recipe's;
+    ``--detector auto`` is resolved by the size of ``run``'s train features, which must exist by then."""
+    la = LAOOD.from_flags(args, gammas=tuple(args.gammas or get_recipe(arch).get("gammas", GAMMAS)),
+                          backend="dask" if (args.dask_scheduler or args.dask_local) else None)
+    if la.detector != "auto":
+        return la.resolved(0)
+    manifest = read_json(Layout.features(run, "train") / MANIFEST)
+    if manifest is None:
+        raise FileNotFoundError(f"--detector auto needs the train features of {run} to know their size; "
+                                f"run save_inter_outputs.py first")
+    la = la.resolved(manifest["count"] - la.calibration_size)
+    logging.getLogger("detectors").info(f"--detector {la.choice}")
     return la
 
 

@@ -11,11 +11,48 @@ from tqdm import tqdm
 from ..paths import Layout
 from .approx import APPROX_LANDMARKS
 from .calibration import Calibration, calibration_split
-from .registry import FORMAT, fit_layer, get_detector, ood_score
+from .approx import APPROX_SELECT_SIZE
+from .registry import AUTO_EXACT_MAX, FORMAT, detector_choices, fit_layer, get_detector, list_detectors, ood_score
+from .registry import resolve_detector
 from .sas import GAMMAS, NU
 
 # Settings that change how fast a fit runs, never what it fits: kept out of manifests and directory names.
 RUNTIME = ("n_jobs", "cache_size", "backend")
+
+
+class Flag:
+    """The command-line flag of one setting of :meth:`LAOOD.get_params`: its help, the type of its values, older
+    spellings still accepted, and a default of the scripts where it differs from the constructor's."""
+
+    def __init__(self, help: str, type=None, aliases=(), default=None, nargs=None, choices=None):
+        self.help, self.type, self.aliases, self.default = help, type, tuple(aliases), default
+        self.nargs, self.choices = nargs, choices
+
+
+def _kinds_help() -> str:
+    kinds = "; ".join(f"{name}: {get_detector(name).help}" for name in list_detectors())
+    return (f"per-layer detector ({kinds}; auto: the exact One-Class SVM up to {AUTO_EXACT_MAX:,} fitting images, "
+            f"the approximate one above)")
+
+
+# One flag per setting; ``seed`` is the scripts' shared --seed and ``backend`` follows the Dask flags.
+FLAGS: Dict[str, Flag] = {
+    "detector": Flag(_kinds_help(), str, choices=detector_choices()),
+    "gammas": Flag("One-Class SVM gamma grid (default: the model recipe's, the original's for most)", float,
+                   nargs="+"),
+    "nu": Flag("One-Class SVM nu", float),
+    "select_size": Flag("choose gamma on a seeded subsample of this many train features (the final detector is "
+                        "still fitted on all); default: all for ocsvm, as the original, "
+                        f"{APPROX_SELECT_SIZE:,} for ocsvm-approx", int),
+    "prune": Flag("--no-prune: try every gamma of the grid instead of stopping once larger ones cannot win", bool),
+    "n_components": Flag(f"ocsvm-approx: Nystroem landmarks per layer (more: closer to the exact SVM, slower; "
+                         f"default {APPROX_LANDMARKS})", int, aliases=("--landmarks",)),
+    "calibration_size": Flag("hold this many seeded train images back from the detectors to calibrate each layer's "
+                             "score (adds the calibrated maximum, early exit and the tail rows to the tables); 0: off, "
+                             "as the original", int),
+    "n_jobs": Flag("layers fitted / scored in parallel (-1: all cores)", int, aliases=("--jobs",), default=-1),
+    "cache_size": Flag("libsvm's kernel cache per layer fit, in MB", float),
+}
 
 
 class LAOOD(BaseEstimator):
@@ -42,13 +79,29 @@ class LAOOD(BaseEstimator):
         self.calibration_size, self.n_jobs, self.cache_size, self.backend = calibration_size, n_jobs, cache_size, backend
         self.choice = ""   # how the detector was chosen (--detector auto), for the manifest
 
+    @classmethod
+    def from_flags(cls, args, **overrides) -> "LAOOD":
+        """The detectors the flags of :data:`FLAGS` (and ``--seed``) ask for; ``overrides`` win, and a flag left at
+        None (``--gammas``) keeps the constructor's default."""
+        params = {name: getattr(args, name) for name in FLAGS if getattr(args, name, None) is not None}
+        return cls(**{**params, "seed": args.seed, **overrides})
+
+    def resolved(self, n_fit: int) -> "LAOOD":
+        """These settings with ``detector="auto"`` made a kind for ``n_fit`` fitting images (the exact One-Class
+        SVM up to ``AUTO_EXACT_MAX``, the approximate one above); ``choice`` says how the kind was chosen."""
+        detector, choice = resolve_detector(self.detector, n_fit)
+        la = type(self)(**{**self.get_params(), "detector": detector})
+        la.choice = choice
+        return la
+
     @property
     def kind(self):
         return get_detector(self.detector)
 
     def _layer_params(self) -> Dict:
-        params = self.get_params()
-        return {k: params[k] for k in ("gammas", "nu", "select_size", "prune", "n_components", "cache_size")}
+        """The settings each layer's fit reads (all but those of the ensemble itself)."""
+        return {k: v for k, v in self.get_params().items()
+                if k not in ("detector", "seed", "calibration_size", "n_jobs", "backend")}
 
     def settings(self) -> Dict:
         """What the fitted detectors depend on, for the manifest: the kind, its version and the settings it reads,
