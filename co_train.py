@@ -12,7 +12,8 @@ from pathlib import Path
 
 from models import get_recipe, load_model
 from utils.cli import add_data_args, add_model_args, add_train_args, data_config, layout, train_config
-from utils.runtime import locate_run, resolve_device, run_script
+from utils.locate import locate_run
+from utils.runtime import resolve_device, run_script
 from utils.cotrain import CoTrainLoss, mean_decision
 from utils.engine import fit, load_splits
 from utils.detectors import LAOOD

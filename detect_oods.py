@@ -5,7 +5,9 @@
 import argparse
 
 from utils.cli import add_data_args, add_detector_args, add_method_args, add_model_args, detect_config, layout
-from utils.runtime import dask_cluster, la_ood, locate_run, run_script
+from utils.cluster import dask_cluster
+from utils.locate import la_ood, locate_run
+from utils.runtime import run_script
 from utils.detection import detect, repeat_over_seeds
 from utils.generate import generated_sets
 from utils.io import format_table

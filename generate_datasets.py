@@ -7,7 +7,7 @@ import logging
 
 from utils.cli import add_data_args, add_set_args, data_config, layout
 from utils.runtime import run_script
-from utils.data import parse_extra
+from utils.sets import parse_extra
 from utils.generate import generate
 
 log = logging.getLogger("generate_datasets")

@@ -10,8 +10,10 @@ import time
 
 from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, add_set_args, data_config,
                        add_nac_stages_arg, detect_config, layout, positive_int)
-from utils.runtime import dask_cluster, la_ood, resolve_device, run_script
-from utils.data import parse_extra
+from utils.cluster import dask_cluster
+from utils.locate import la_ood
+from utils.runtime import resolve_device, run_script
+from utils.sets import parse_extra
 from utils.detection import detect
 from utils.features import open_backbone, save_features, save_nac_stages
 from utils.fitting import train_detectors

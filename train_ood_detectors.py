@@ -5,7 +5,9 @@
 import argparse
 
 from utils.cli import add_data_args, add_detector_args, add_model_args
-from utils.runtime import dask_cluster, la_ood, locate_run, run_script
+from utils.cluster import dask_cluster
+from utils.locate import la_ood, locate_run
+from utils.runtime import run_script
 from utils.fitting import train_detectors
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from models import create_model
-from utils.data import find_source, load_subset, to_input
+from utils.data import find_source, load_subset
+from utils.inputs import to_input
 from utils.features import extract
 
 

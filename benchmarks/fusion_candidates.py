@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.data import NEAR_OODS
+from utils.sets import NEAR_OODS
 from utils.detectors import TAIL_LEVEL
 from utils.features import load_features, load_head
 from utils.fitting import load_calibration

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.data import NEAR_OODS
+from utils.sets import NEAR_OODS
 from utils.features import load_head
 from utils.metrics import ood_metrics
 from utils.nac import Coverage

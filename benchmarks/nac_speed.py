@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from models import load_model
-from utils.data import normalization_of, to_input
+from utils.inputs import normalization_of, to_input
 from utils.features import extract, extract_with_nac
 from utils.nac import _reduce, nac_values, select_taps
 

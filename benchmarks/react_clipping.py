@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.data import normalization_of, subset_indices, to_input
+from utils.data import subset_indices
+from utils.inputs import normalization_of, to_input
 from utils.features import open_backbone
 from utils.generate import DataConfig, default_oods, generate, load_images
 from utils.methods import energy, linear, react_threshold

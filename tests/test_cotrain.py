@@ -5,7 +5,7 @@ import torch
 
 from models import create_model
 from utils.cotrain import CoTrainLoss, OCSVMDecision
-from utils.data import to_input
+from utils.inputs import to_input
 from utils.detectors import LAOOD, fit_layer
 
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 import generate_datasets
 from conftest import DATA, ROOT, need
-from utils.data import (find_source, folder_source, load_subset, parse_extra, pure_color_source, subset_indices,
-                        to_32x32, variant)
+from utils.data import find_source, folder_source, load_subset, pure_color_source, subset_indices, to_32x32
+from utils.sets import parse_extra, variant
 from utils.generate import DataConfig, generate, load_images
 from utils.paths import Layout
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from conftest import image_folder
 from utils import fetch
-from utils.data import download_source, find_source, variant
+from utils.data import download_source, find_source
+from utils.sets import variant
 from utils.generate import DataConfig, generate, load_images
 from utils.paths import Layout
 

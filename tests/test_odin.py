@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from models import PRESETS, create_model
-from utils.data import to_input
+from utils.inputs import to_input
 from utils.odin import odin
 
 

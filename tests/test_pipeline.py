@@ -15,7 +15,7 @@ import save_inter_outputs
 import train_ood_detectors
 from conftest import CHECKPOINTS, DATA, need
 from models import load_model
-from utils.data import to_input
+from utils.inputs import to_input
 from utils.detection import DetectConfig, detect
 from utils.detectors import LAOOD
 from utils.features import extract, extract_with_nac, load_features

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 import generate_datasets
 import save_inter_outputs
 from conftest import CHECKPOINTS, DATA, ROOT, need
-from utils.runtime import la_ood
+from utils.locate import la_ood
 from utils.detectors import (AUTO_EXACT_MAX, LAOOD, ApproxOneClassSVM, fit_layer, ood_score,
                              resolve_detector, select_gamma)
 from utils.features import load_features

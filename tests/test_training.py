@@ -16,7 +16,7 @@ from models import create_model, load_model
 import utils.engine as engine
 from utils.engine import (TrainConfig, average_state_dicts, crop_flip, epoch_generator, fit, recompute_batchnorm,
                           resolve_amp)
-from utils.data import to_input
+from utils.inputs import to_input
 
 
 def test_crop_flip_matches_padding_and_flipping():

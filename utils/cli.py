@@ -5,7 +5,7 @@ from pathlib import Path
 
 from models import list_models, parse_normalization
 
-from .data import IND_SETS, NEAR_OODS, OOD_SETS, check_name
+from .sets import IND_SETS, NEAR_OODS, OOD_SETS, check_name
 from .detectors import LAOOD
 from .detectors.ensemble import FLAGS
 from .detection import DetectConfig

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from sklearn.pipeline import Pipeline
 from tqdm import tqdm
 
-from .data import normalization_of, to_input
+from .inputs import normalization_of, to_input
 from .detectors.torch_scoring import OCSVMDecision
 
 

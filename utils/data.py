@@ -7,29 +7,18 @@ Listing a source reads no pixels; only the images a subset keeps are decoded.
 """
 import io
 import pickle
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from models import PRESETS, Normalization
-
 from .fetch import ARCHIVES, fetch_archive
-from .paths import IND_SPLITS
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
-IND_SETS = ("cifar10", "cifar100")
-# The original's OOD sets, then the CIFAR sets (each the other's OOD set): the one list, in the paper's order.
-ORIGINAL_OODS = ("lsun", "tiny", "svhn", "dtd", "pure_color")
-OOD_SETS = ORIGINAL_OODS + IND_SETS
-# Near-OOD: natural images of classes close to CIFAR's (as OpenOOD v1.5 groups them); the others are far-OOD.
-NEAR_OODS = ("cifar10", "cifar100", "tiny")
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 SIZE = 32
 
 
@@ -226,14 +215,6 @@ _FOLDERS = {
 }
 
 
-def variant(name: str, description: str) -> str:
-    """Which published version of a set a source is, where there are several (``''`` otherwise): LSUN comes
-    as ODIN's ``resize`` (whole images downsampled to 32x32) and ``crop`` (32x32 crops) sets."""
-    if name != "lsun":
-        return ""
-    return "resize" if "resize" in description.lower() else "crop"
-
-
 def _zip_has_prefix(path: Path, prefix: str) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
@@ -371,55 +352,3 @@ def write_subset(source: ImageSource, n: Optional[int], seed: int, path: Path, s
     out.flush()
     del out
     return source.labels[idx] if source.labels is not None else np.full(len(idx), -1, dtype=np.int64)
-
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def check_name(name: str, what: str) -> str:
-    """``name`` if it is safe as a directory name (letters, digits, ``-``, ``_``), else a clear error."""
-    if not _SAFE_NAME.fullmatch(name or ""):
-        raise ValueError(f"{what} name {name!r} is not allowed: it becomes a directory name, so use only "
-                         f"letters, digits, '-' and '_'")
-    return name
-
-
-def parse_extra(specs: Sequence[str]) -> Dict[str, Path]:
-    """``NAME=PATH`` pairs of --extra-ood; names are checked before anything is written."""
-    extra = {}
-    for spec in specs or []:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--extra-ood expects NAME=PATH, got {spec!r}")
-        check_name(name, "--extra-ood")
-        if name in IND_SPLITS or name in OOD_SETS:
-            raise ValueError(f"--extra-ood name {name!r} is reserved; choose another")
-        extra[name] = Path(path)
-    return extra
-
-
-# ----------------------------------------------------------------------------- network input
-
-def normalization_of(model) -> Normalization:
-    """The input normalisation a model (or its DistributedDataParallel / compiled wrapper) expects."""
-    inner = getattr(model, "module", getattr(model, "_orig_mod", model))
-    return getattr(inner, "normalization", PRESETS["imagenet"])
-
-
-def to_input(images, device=None, dtype=None, normalization: Optional[Normalization] = None):
-    """uint8 ``(N, H, W, 3)`` images (array or tensor) to a normalised float ``(N, 3, H, W)`` tensor.
-
-    ``normalization`` is the model's (:func:`normalization_of`); ImageNet's mean and std when not given,
-    as the original code and the shared VGG16 / ResNets use. The conversion runs on ``device``, so only
-    uint8 bytes cross to it.
-    """
-    import torch
-    norm = normalization or PRESETS["imagenet"]
-    if isinstance(images, torch.Tensor):
-        x = images.to(device, non_blocking=True)
-    else:
-        x = torch.as_tensor(np.array(images, copy=True)).to(device, non_blocking=True)  # mmap arrays are read-only
-    x = x.permute(0, 3, 1, 2).to(dtype or torch.float32).div_(255)
-    mean = torch.tensor(norm.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(norm.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)

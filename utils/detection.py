@@ -18,7 +18,7 @@ import torch
 from models import create_model
 
 from . import plots
-from .data import NEAR_OODS, variant
+from .sets import NEAR_OODS, variant
 from .detectors import LAOOD, early_exit, exit_cost
 from .features import load_features, load_head
 from .fitting import load_detectors, train_detectors

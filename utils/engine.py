@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import normalization_of, to_input
+from .inputs import normalization_of, to_input
 from .fastconv import use_unfold_weight_grad
 from .generate import generate, load_images
 from .io import save_checkpoint, save_torch, write_csv

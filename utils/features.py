@@ -19,7 +19,8 @@ from models.generic import is_generic, run_name
 from .nac import nac_values, select_taps
 from .nac_authors import default_stages, fit_rows, stage_products
 from .odin import odin as odin_scores
-from .data import NUM_CLASSES, normalization_of, to_input
+from .inputs import normalization_of, to_input
+from .sets import NUM_CLASSES
 from .generate import load_images
 from .gram import POLES, GramBounds, gram_statistics, held_back
 from .io import StagingDir, atomic_path, is_complete, load_array, read_json, sha256_file

@@ -6,8 +6,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .data import (DOWNLOADABLE, IND_SETS, NUM_CLASSES, OOD_SETS, ORIGINAL_OODS, SIZE, download_source, find_source,
-                   folder_source, pure_color_source, split_prefix, subset_indices, subset_source, variant, write_subset)
+from .data import (DOWNLOADABLE, SIZE, download_source, find_source, folder_source, pure_color_source, split_prefix,
+                   subset_indices, subset_source, write_subset)
+from .sets import IND_SETS, NUM_CLASSES, OOD_SETS, ORIGINAL_OODS, variant
 from .io import StagingDir, is_complete, load_array, read_json
 from .paths import IMAGES, IND_SPLITS, LABELS, MANIFEST, Layout, data_tag
 

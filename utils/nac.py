@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import normalization_of, to_input
+from .inputs import normalization_of, to_input
 
 ALPHA, BINS, O_STAR = 100.0, 50, 50
 

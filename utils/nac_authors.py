@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import normalization_of, to_input
+from .inputs import normalization_of, to_input
 
 Setting = Tuple[int, int, float]          # (M, O*, alpha) of one layer
 
@@ -60,7 +60,8 @@ def default_stages(model) -> List[str]:
     pools = [n for n, m in named.items() if isinstance(m, torch.nn.MaxPool2d)]
     if len(pools) >= 2:
         return pools[:-1]
-    raise ValueError(f"no default NAC-UE stages for {model.arch}; name the modules with --nac-stages (e.g. 'block1,block2')")
+    raise ValueError(f"no default NAC-UE stages for {model.arch}; name the modules with --nac-stages "
+                     f"(e.g. 'block1,block2')")
 
 
 def stage_products(model, images: np.ndarray, modules: Sequence[str], device: torch.device, batch_size: int = 128,

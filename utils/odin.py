@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import normalization_of, to_input
+from .inputs import normalization_of, to_input
 
 
 def odin(model, images: np.ndarray, device: torch.device, temperature: float = 1000.0, epsilon: float = 0.0014,

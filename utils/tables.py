@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .data import NEAR_OODS, OOD_SETS
+from .sets import NEAR_OODS, OOD_SETS
 from .metrics import METRICS, ood_metrics
 
 ORACLE = "best layer (oracle)"

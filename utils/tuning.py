@@ -65,8 +65,8 @@ def search(names: Sequence[str], val: Inputs) -> Dict[str, Dict[str, Any]]:
             scores = method.score(val, **values)
             points.append({"values": values, "auroc": ood_metrics(scores[VAL_IN], scores[VAL_OUT])["auroc"]})
         best = max(points, key=lambda p: p["auroc"])          # the first maximum: the defaults win ties
-        out[method.name] = {"chosen": best["values"], "val_auroc": best["auroc"], "default_val_auroc": points[0]["auroc"],
-                            "points": points, "seconds": time.time() - start, "grid_source": method.grid_source}
+        out[method.name] = {"chosen": best["values"], "val_auroc": best["auroc"],
+                            "default_val_auroc": points[0]["auroc"], "points": points, "seconds": time.time() - start, "grid_source": method.grid_source}
         log.info(f"{method.name}: {describe(best['values'])} (validation AUROC {best['auroc']:.2f}, "
                  f"{points[0]['auroc']:.2f} at the defaults; {len(points)} points, {time.time() - start:.1f} s)")
     return out

@@ -157,7 +157,7 @@ class LAOOD(BaseEstimator):
 
     def _parallel(self):
         """joblib's configuration for the per-layer jobs: local processes, or ``backend`` (e.g. a Dask cluster,
-        whose client must exist, see ``utils.runtime.dask_cluster``)."""
+        whose client must exist, see ``utils.cluster.dask_cluster``)."""
         return parallel_config(backend=self.backend) if self.backend else contextlib.nullcontext()
 
     def score(self, layers: Sequence[np.ndarray]) -> np.ndarray:
