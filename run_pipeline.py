@@ -9,13 +9,13 @@ import argparse
 import time
 
 from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, add_set_args, data_config,
-                       add_nac_stages_arg, detect_config, layout, positive_int)
+                       add_producer_args, detect_config, layout, positive_int)
 from utils.cluster import dask_cluster
 from utils.locate import la_ood
 from utils.runtime import resolve_device, run_script
 from utils.sets import parse_extra
 from utils.detection import detect
-from utils.features import open_backbone, save_features, save_nac_stages
+from utils.features import chosen_producers, open_backbone, save_features, save_nac_stages
 from utils.fitting import train_detectors
 from utils.generate import generate
 from utils.paths import IND_SPLITS, SUMMARY_MD, Layout
@@ -30,13 +30,7 @@ def get_args_parser():
     add_detector_args(parser)
     add_set_args(parser)
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
-    parser.add_argument("--odin", action="store_true", help="also compute the ODIN baseline (needs input gradients)")
-    parser.add_argument("--gram", action="store_true", help="also compute the Gram-matrix baseline (full feature maps)")
-    parser.add_argument("--nac", action="store_true", help="also compute NAC-UE's gradient quantities (a backward pass)")
-    parser.add_argument("--nac-taps", default=None, metavar="SPEC",
-                        help="NAC-UE on some taps only (implies --nac): comma-separated indices, tap names or start:stop ranges, "
-                             "e.g. 'trans1.conv1:' (default: all); the backward pass stops at the earliest")
-    add_nac_stages_arg(parser)
+    add_producer_args(parser)
     add_method_args(parser)
     parser.add_argument("--quick", action="store_true",
                         help="reduced run: seeded subsets of 10,000 train, 2,000 test and 2,000 images per OOD set "
@@ -58,9 +52,8 @@ def main(args):
     timings, t = {}, time.time()
     sets = generate(cfg, lay)
     timings["generate_s"], t = time.time() - t, time.time()
-    run = save_features(model, sha, lay, args.ind, cfg.tag, list(sets), device, args.batch_size, odin=args.odin,
-                        gram=args.gram, seed=args.seed, precision=args.precision, nac=args.nac,
-                        nac_taps=args.nac_taps)
+    run = save_features(model, sha, lay, args.ind, cfg.tag, list(sets), device, args.batch_size, seed=args.seed,
+                        precision=args.precision, producers=chosen_producers(args))
     if args.nac_stages:
         save_nac_stages(model, sha, run, lay, args.ind, cfg.tag, list(sets), device,
                         None if args.nac_stages == "default" else args.nac_stages)

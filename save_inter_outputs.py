@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from utils.cli import add_data_args, add_model_args, add_nac_stages_arg, data_config, layout, positive_int
+from utils.cli import add_data_args, add_model_args, add_producer_args, data_config, layout, positive_int
 from utils.runtime import resolve_device, run_script
-from utils.features import open_backbone, save_features, save_nac_stages
+from utils.features import chosen_producers, open_backbone, save_features, save_nac_stages
 from utils.generate import generated_sets
 from utils.paths import IND_SPLITS
 
@@ -39,18 +39,7 @@ def get_args_parser():
     parser.add_argument("--sets", nargs="+", default=None,
                         help="sets to process (default: train, test and every generated OOD set)")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
-    parser.add_argument("--odin", action="store_true",
-                        help="also store ODIN baseline scores (T=1000, eps=0.0014; about 3x the forward cost)")
-    parser.add_argument("--gram", action="store_true",
-                        help="also store the Gram-matrix deviations of every tap (Sastry and Oore 2020; about 2x the "
-                             "forward cost, the train split needs a second pass over 10%% of it)")
-    parser.add_argument("--nac", action="store_true",
-                        help="also store NAC-UE's per-channel z * dKL/dz of every tap, for every set (Liu et al. 2024; "
-                             "a backward pass per batch, about 3x the forward cost)")
-    parser.add_argument("--nac-taps", default=None, metavar="SPEC",
-                        help="NAC-UE on some taps only (implies --nac): comma-separated indices, tap names or start:stop ranges, "
-                             "e.g. 'trans1.conv1:' (default: all); the backward pass stops at the earliest")
-    add_nac_stages_arg(parser)
+    add_producer_args(parser)
     parser.add_argument("--force", action="store_true", help="recompute sets that are already complete")
     return parser
 
@@ -66,8 +55,8 @@ def main(args):
                                args.head)
     names = args.sets or list(IND_SPLITS) + generated_sets(lay, args.ind, cfg.tag)
     start = time.time()
-    run = save_features(model, sha, lay, args.ind, cfg.tag, names, device, args.batch_size, args.force, args.odin,
-                        args.gram, args.seed, args.precision, nac=args.nac, nac_taps=args.nac_taps)
+    run = save_features(model, sha, lay, args.ind, cfg.tag, names, device, args.batch_size, args.force, args.seed,
+                        args.precision, chosen_producers(args))
     if args.nac_stages:
         save_nac_stages(model, sha, run, lay, args.ind, cfg.tag, names, device,
                         None if args.nac_stages == "default" else args.nac_stages)

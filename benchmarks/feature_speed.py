@@ -17,7 +17,7 @@ import torch
 from models import create_model
 from utils.data import find_source, load_subset
 from utils.inputs import to_input
-from utils.features import extract
+from utils.extraction import extract
 
 
 @torch.inference_mode()

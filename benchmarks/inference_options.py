@@ -16,7 +16,7 @@ import torch
 from models import create_model, load_model
 from benchmarks.feature_speed import test_images, timing_parser
 from utils.inputs import to_input
-from utils.features import inference_autocast
+from utils.extraction import inference_autocast
 
 # name -> (precision, channels_last, batch size or None for --batch-size, threads or None for all, compile)
 OPTIONS = {

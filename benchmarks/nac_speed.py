@@ -23,7 +23,7 @@ import torch
 
 from models import load_model
 from utils.inputs import normalization_of, to_input
-from utils.features import extract, extract_with_nac
+from utils.extraction import extract, extract_with_nac
 from utils.nac import _reduce, nac_values, select_taps
 
 

@@ -9,7 +9,8 @@ from scipy.stats import spearmanr
 
 from conftest import CHECKPOINTS, DATA, need
 from utils import methods
-from utils.features import extract, load_head, open_backbone, save_head
+from utils.extraction import extract
+from utils.features import load_head, open_backbone, save_head
 from utils.inputs import to_input
 from utils.generate import DataConfig, generate, load_images
 from utils.paths import Layout

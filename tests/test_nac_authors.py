@@ -98,7 +98,8 @@ def _coverage_loop(train, values, m, o_star, alpha):
 @pytest.mark.slow
 def test_registry_scores_equal_the_authors_definition_on_real_images(tmp_path):
     from utils.data import to_input
-    from utils.features import extract, load_head, open_backbone, save_head
+    from utils.extraction import extract
+    from utils.features import load_head, open_backbone, save_head
     from utils.generate import DataConfig, generate, load_images
     from utils.paths import Layout
     cfg = DataConfig(ind="cifar10", oods=["dtd"], roots=[need(DATA)], max_train=300, max_test=60, max_ood=60)

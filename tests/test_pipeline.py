@@ -18,7 +18,8 @@ from models import load_model
 from utils.inputs import to_input
 from utils.detection import DetectConfig, detect
 from utils.detectors import LAOOD
-from utils.features import extract, extract_with_nac, load_features
+from utils.extraction import extract, extract_with_nac
+from utils.features import load_features
 from utils.fitting import load_detectors, train_detectors
 from utils.nac import nac_values
 

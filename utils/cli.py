@@ -12,6 +12,7 @@ from .detection import DetectConfig
 from .engine import TrainConfig
 from .generate import MAX_OOD, DataConfig
 from .methods import list_methods
+from .producers import get_producer, list_producers
 from .tuning import VALIDATION_OOD, VALIDATION_SIZE
 from .paths import Layout
 
@@ -66,6 +67,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                    help="use a seeded, class-stratified subset of this many test images (default: all)")
     g.add_argument("--max-ood", type=positive_int, default=MAX_OOD, help="cap on images per OOD set (seeded subset)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (subsets, splits, colours)")
+
+
+def add_producer_args(parser: argparse.ArgumentParser) -> None:
+    """One flag (and its options) per stage-2 producer (utils/producers), then NAC-UE's stages as its authors
+    compute them."""
+    for name in list_producers():
+        get_producer(name).add_args(parser)
+    add_nac_stages_arg(parser)
 
 
 def nac_stages_arg(text: str):

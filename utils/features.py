@@ -5,39 +5,27 @@ were preallocated on disk (``open_memmap``), so memory stays flat and nothing is
 """
 import contextlib
 import logging
-import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from models import Normalization, load_model
 from models.generic import is_generic, run_name
 
-from .nac import nac_values, select_taps
+from .extraction import extract, preallocate
 from .nac_authors import default_stages, fit_rows, stage_products
-from .odin import odin as odin_scores
-from .inputs import normalization_of, to_input
+from .inputs import normalization_of
 from .sets import NUM_CLASSES
 from .generate import load_images
-from .gram import POLES, GramBounds, gram_statistics, held_back
+from .producers import Context, get_producer, list_producers
 from .io import StagingDir, atomic_path, is_complete, load_array, read_json, sha256_file
-from .paths import GRAM, GRAM_BOUNDS, LABELS, LOGITS, MANIFEST, NAC, ODIN, PENULTIMATE, Layout, layer_file
+from .paths import LABELS, LOGITS, MANIFEST, PENULTIMATE, Layout, layer_file
 
 log = logging.getLogger(__name__)
 
 
-PRECISIONS = ("fp32", "bf16")
-NAC_VERSION = 1   # what nac.npy holds (utils/nac.py); a change means the sets are recomputed
-
-
-def inference_autocast(device: torch.device, precision: str = "fp32"):
-    """A context factory for the forward pass: nothing for fp32, bfloat16 autocast for bf16."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def open_backbone(checkpoint, ind, arch: Optional[str] = None, device: torch.device = torch.device("cpu"),
@@ -50,114 +38,38 @@ def open_backbone(checkpoint, ind, arch: Optional[str] = None, device: torch.dev
     return model.to(device).eval(), sha256_file(checkpoint)
 
 
-def output_widths(model) -> Dict[str, int]:
-    """Widths of the logits and of the penultimate features (the head's output and input)."""
-    head = dict(model.named_modules())[model.head_name]
-    return {LOGITS: head.out_features, PENULTIMATE: head.in_features}
-
-
-def preallocate(model, n: int, out: Path) -> None:
-    """Create the ``.npy`` files :func:`extract` fills, at their final shapes."""
-    shapes = {layer_file(i, "npy"): w for i, w in enumerate(model.tap_widths)} | output_widths(model)
-    for name, width in shapes.items():
-        np.lib.format.open_memmap(out / name, mode="w+", dtype=np.float32, shape=(n, width)).flush()
-
-
-@torch.inference_mode()
-def extract(model, images: np.ndarray, out: Path, device: torch.device, batch_size: int = 256,
-            desc: str = "", progress: bool = True, statistic=None, on_batch=None, precision: str = "fp32",
-            rank: int = 0, world: int = 1) -> None:
-    """Write ``layer_XXX.npy`` (one per tap), ``logits.npy`` and ``penultimate.npy`` for ``images``;
-    ``on_batch(start, stop, intermediates)`` sees each batch's outputs (with ``statistic`` of every tap).
-
-    ``precision="bf16"`` runs the forward pass under bfloat16 autocast (pooling and the saved arrays stay
-    float32); see :data:`PRECISIONS`. With ``world`` > 1 the files must exist (:func:`preallocate`) and
-    this process fills batches ``rank, rank + world, ...``: the same batches a single process makes.
-    """
-    n = len(images)
-    norm = normalization_of(model)
-    autocast = inference_autocast(device, precision)
-    arrays = _open_arrays(model, n, out, create=world == 1)
-    starts = range(rank * batch_size, n, world * batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not progress):
-        stop = min(start + batch_size, n)
-        with autocast():
-            o = model.forward_intermediates(to_input(images[start:stop], device, normalization=norm),
-                                            penultimate=True, statistic=statistic)
-        if on_batch is not None:
-            on_batch(start, stop, o)
-        _write(arrays, start, stop, o)
-    _close(arrays, out, starts, batch_size)
-
-
-def extract_with_nac(model, images: np.ndarray, out: Path, device: torch.device, batch_size: int = 256,
-                     desc: Optional[str] = None, taps: Optional[Sequence[int]] = None) -> np.ndarray:
-    """:func:`extract`'s files for ``images`` and NAC-UE's values (:func:`utils.nac.nac_values`, returned)
-    from one forward pass per batch: NAC's forward computes every tap anyway, so the features come with it
-    rather than from a second pass (1.3-1.9x faster than two passes: docs/benchmarks.md). ``desc``: the
-    progress bar's label (none without it)."""
-    arrays = _open_arrays(model, len(images), out)
-    values = nac_values(model, images, device, batch_size, progress=desc, taps=taps,
-                        on_batch=lambda start, stop, o: _write(arrays, start, stop, o))
-    _close(arrays, out, range(0, len(images), batch_size), batch_size)
-    return values
-
-
-def _open_arrays(model, n: int, out: Path, create: bool = True) -> List[np.ndarray]:
-    if create:
-        preallocate(model, n, out)
-    names = [layer_file(i, "npy") for i in range(model.num_taps)] + [LOGITS, PENULTIMATE]
-    return [np.load(out / name, mmap_mode="r+") for name in names]
-
-
-def _write(arrays: List[np.ndarray], start: int, stop: int, o) -> None:
-    for array, f in zip(arrays, o.features + [o.logits, o.penultimate]):
-        array[start:stop] = f.detach().float().cpu().numpy()
-
-
-def _close(arrays: List[np.ndarray], out: Path, starts: Sequence[int], batch_size: int) -> None:
-    for array in arrays:
-        array.flush()
-        if not all(np.isfinite(array[s:s + batch_size]).all() for s in starts):
-            raise ValueError(f"non-finite features in {out}: is the checkpoint broken?")
-
-
 def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, names: Sequence[str],
-                  device: torch.device, batch_size: int = 256, force: bool = False, odin: bool = False,
-                  gram: bool = False, seed: int = 0, precision: str = "fp32", nac: bool = False,
-                  nac_taps: Optional[str] = None) -> Path:
+                  device: torch.device, batch_size: int = 256, force: bool = False, seed: int = 0,
+                  precision: str = "fp32", producers: Optional[Dict[str, Dict]] = None) -> Path:
     """Features of every set in ``names`` under the run directory; sets already complete are kept.
 
-    ``odin`` also stores each image's ODIN score and ``gram`` its per-tap Gram deviations (both need the
-    network itself, so they are computed here rather than from saved features; see utils/gram.py); ``nac``
-    stores NAC-UE's gradient quantities of every tap, for every set (utils/nac.py), or of the taps that
-    ``nac_taps`` names (:func:`utils.nac.select_taps`; giving it implies ``nac``).
-    ``precision`` other than fp32 gets its own run directory (see :meth:`Layout.run`)."""
-    nac = nac or nac_taps is not None
-    nac_chosen = select_taps(nac_taps, model.tap_names) if nac else None
-    if (odin or gram or nac) and precision != "fp32":
-        raise ValueError("--odin, --gram and --nac run in float32 only; leave out --precision or those flags")
+    ``producers``: ``{name: options}`` of the stage-2 producers to run beside the tap features (utils/producers:
+    ``odin``, ``gram``, ``nac``; :func:`chosen_producers` reads them from the flags). A set's one forward pass is the
+    first chosen producer's that ``fuses`` (it writes the features too), else the plain pass; the other producers
+    follow. ``precision`` other than fp32 gets its own run directory (see :meth:`Layout.run`)."""
+    chosen = {name: dict(opts) for name, opts in (producers or {}).items()}
+    for name in chosen:
+        get_producer(name)
+    if chosen and precision != "fp32":
+        raise ValueError(f"--{', --'.join(chosen)} run in float32 only; leave out --precision or those flags")
     rank, world = process_group()
-    if world > 1 and (odin or gram or nac):
-        raise ValueError("--odin, --gram and --nac run in one process; start save_inter_outputs.py without torchrun")
+    if world > 1 and chosen:
+        raise ValueError(f"--{', --'.join(chosen)} run in one process; start save_inter_outputs.py without torchrun")
     run = layout.run(ind, run_name(model.arch, getattr(model, "taps", None)), ckpt_sha, tag, precision)
     if rank == 0:
         save_head(model, run)
+    ordered = [get_producer(p) for p in list_producers() if p in chosen]
     for name in names:
         images, labels, image_manifest = load_images(layout, ind, tag, name)
-        with_odin = odin and name != "train"     # ODIN scores only matter for the evaluated sets
+        active = [p for p in ordered if p.applies(name)]
         settings = {"checkpoint_sha256": ckpt_sha, "arch": model.arch, "images": image_manifest["settings"],
-                    "taps": model.num_taps, "normalization": normalization_of(model).as_dict(), "odin": with_odin}
+                    "taps": model.num_taps, "normalization": normalization_of(model).as_dict()}
+        for p in map(get_producer, list_producers()):
+            settings.update(p.settings(model, chosen[p.name], seed) if p in active else p.settings_when_off)
         if is_generic(model.arch):   # which modules were tapped; the registry's models name theirs
             settings.update(tap_spec=model.taps, tap_names=model.tap_names, head=model.head_name)
         if precision != "fp32":   # absent: float32, as every run before the option existed
             settings["precision"] = precision
-        if gram:
-            settings.update(gram=True, gram_poles=len(POLES), gram_seed=seed)
-        if nac:
-            settings.update(nac=True, nac_version=NAC_VERSION)
-            if len(nac_chosen) < model.num_taps:   # absent: every tap, as every run before the option existed
-                settings["nac_taps"] = nac_chosen
         out = layout.features(run, name)
         if is_complete(out, settings) and not force:
             log.info(f"{name}: features already complete in {out}")
@@ -165,26 +77,26 @@ def save_features(model, ckpt_sha: str, layout: Layout, ind: str, tag: str, name
         if world > 1:
             _extract_across_ranks(model, images, labels, out, settings, device, batch_size, name, precision)
             continue
+        fused = next((p for p in active if p.fuses), None)
         with StagingDir(out, settings, {"count": len(images), "widths": model.tap_widths,
                                           "input_size": int(images.shape[1])}) as tmp:
-            if gram and name == "train":
-                _extract_gram_bounds(model, images, labels, tmp, device, batch_size, seed)
-            elif gram:
-                _extract_gram_deviations(model, images, tmp, device, batch_size, layout.features(run, "train"), name)
-            elif nac:   # the features from NAC's own forward pass
-                np.save(tmp / NAC, extract_with_nac(model, images, tmp, device, batch_size,
-                                                    desc=f"{name} (features + NAC)", taps=nac_chosen))
+            ctx = lambda p: Context(model, device, batch_size, seed, name, layout.features(run, "train"),  # noqa: E731
+                                    chosen[p.name])
+            if fused is not None:
+                fused.compute(ctx(fused), images, labels, tmp, fused=True)
             else:
                 extract(model, images, tmp, device, batch_size, desc=name, precision=precision)
             np.save(tmp / LABELS, labels)
-            if with_odin:
-                np.save(tmp / ODIN, odin_scores(model, images, device, batch_size=batch_size,
-                                                      progress=f"{name} ODIN"))
-            if nac and gram:
-                np.save(tmp / NAC, nac_values(model, images, device, batch_size, progress=f"{name} NAC",
-                                              taps=nac_chosen))
+            for p in active:
+                if p is not fused:
+                    p.compute(ctx(p), images, labels, tmp, fused=False)
         log.info(f"{name}: {len(images)} images x {model.num_taps} layers -> {out}")
     return run
+
+
+def chosen_producers(args) -> Dict[str, Dict]:
+    """``{producer: options}`` of the producers the flags of ``add_producer_args`` switch on."""
+    return {name: opts for name in list_producers() if (opts := get_producer(name).options(args)) is not None}
 
 
 def process_group():
@@ -226,47 +138,6 @@ def _extract_across_ranks(model, images, labels, out: Path, settings: Dict, devi
         log.info(f"{name}: {len(images)} images x {model.num_taps} layers by {world} processes -> {out}")
 
 
-def _extract_gram_bounds(model, images, labels, out: Path, device, batch_size: int, seed: int) -> None:
-    """The train pass: features, and Gram bounds from all but a seeded 10%; then the expected deviation
-    per tap over that 10%, in a second pass over them."""
-    held = held_back(len(images), seed)
-    fit = np.ones(len(images), bool)
-    fit[held] = False
-    bounds = GramBounds.empty(int(labels.max()) + 1, model.tap_widths)
-
-    def update(start, stop, o):
-        keep = fit[start:stop]
-        if keep.any():
-            bounds.update([g[torch.from_numpy(keep)] for g in o.statistics], labels[start:stop][keep])
-    extract(model, images, out, device, batch_size, desc="train (+ Gram bounds)", statistic=gram_statistics,
-            on_batch=update)
-    bounds.check()
-    devs = np.zeros((len(held), model.num_taps))
-
-    def deviate(start, stop, o):
-        devs[start:stop] = bounds.deviations(o.statistics, o.logits.argmax(1).cpu().numpy())
-    (out / "held").mkdir()
-    extract(model, images[held], out / "held", device, batch_size, desc="Gram held-back", statistic=gram_statistics,
-            on_batch=deviate)
-    shutil.rmtree(out / "held")
-    bounds.expected, bounds.held = devs.mean(0), held
-    bounds.save(out / GRAM_BOUNDS)
-
-
-def _extract_gram_deviations(model, images, out: Path, device, batch_size: int, train_dir: Path, name: str) -> None:
-    if not (train_dir / GRAM_BOUNDS).exists():
-        raise FileNotFoundError(f"Gram deviations need the train split's bounds ({train_dir / GRAM_BOUNDS}); "
-                                f"save the train features with --gram first")
-    bounds = GramBounds.load(train_dir / GRAM_BOUNDS)
-    devs = np.lib.format.open_memmap(out / GRAM, "w+", np.float32, (len(images), model.num_taps))
-
-    def deviate(start, stop, o):
-        devs[start:stop] = bounds.deviations(o.statistics, o.logits.argmax(1).cpu().numpy())
-    extract(model, images, out, device, batch_size, desc=f"{name} (+ Gram)", statistic=gram_statistics,
-            on_batch=deviate)
-    devs.flush()
-
-
 def load_features(run: Path, name: str, expect_sha: Optional[str] = None) -> Dict[str, object]:
     """Memory-mapped features of one set: ``{'layers': [...], 'logits', 'penultimate', 'labels', 'manifest'}``
     and ``'odin'`` where it was computed."""
@@ -283,16 +154,8 @@ def load_features(run: Path, name: str, expect_sha: Optional[str] = None) -> Dic
     out = {"layers": layers, "logits": load_array(d / LOGITS, rebuild, mmap=True),
            "penultimate": load_array(d / PENULTIMATE, rebuild, mmap=True), "labels": load_array(d / LABELS, rebuild),
            "manifest": manifest}
-    if (d / ODIN).exists():
-        out["odin"] = load_array(d / ODIN, rebuild)
-    if (d / GRAM).exists():
-        out["gram"] = load_array(d / GRAM, rebuild)
-    if (d / NAC).exists():
-        taps = manifest["settings"].get("nac_taps", range(len(manifest["widths"])))
-        out["nac"], out["nac_taps"] = load_array(d / NAC, rebuild, mmap=True), list(taps)
-        out["nac_widths"] = [manifest["widths"][i] for i in taps]
-    if (d / GRAM_BOUNDS).exists():
-        out["gram_bounds"] = GramBounds.load(d / GRAM_BOUNDS)
+    for producer in map(get_producer, list_producers()):
+        producer.load(d, manifest, out, rebuild)
     stages = load_nac_stages(run, name)
     if stages is not None:     # the train split's are for its fitting rows only: kept apart from the row-aligned
         out["nac_stages_fit" if name == "train" else "nac_stages"] = stages

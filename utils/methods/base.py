@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tup
 import numpy as np
 
 from ..detectors import Calibration
+from ..producers import get_producer, list_producers
 from ..splits import held_split
 
 log = logging.getLogger("utils.methods")
@@ -67,12 +68,7 @@ class Inputs:
         have = {"logits", "penultimate", "labels", "layers"}
         if self.head is not None:
             have.add("head")
-        if self.sets and all("odin" in f for f in self.sets.values()):
-            have.add("odin")
-        if self.sets and all("gram" in f for f in self.sets.values()) and "gram_bounds" in self.train:
-            have.add("gram")
-        if self.sets and all("nac" in f for f in [self.train, *self.sets.values()]):
-            have.add("nac")
+        have.update(p for p in list_producers() if get_producer(p).available(self.train, self.sets))
         if self.sets and "nac_stages_fit" in self.train and all("nac_stages" in f for f in self.sets.values()):
             have.add("nac_stages")
         if self.layer_scores is not None:
@@ -183,9 +179,8 @@ def get_method(name: str) -> Method:
     return _METHODS[name]
 
 
-_HOW = {"odin": "run save_inter_outputs.py --odin", "gram": "run save_inter_outputs.py --gram",
-        "nac": "run save_inter_outputs.py --nac", "nac_stages": "run save_inter_outputs.py --nac-stages",
-        "calibration": "fit the detectors with --calibration-size N",
+_HOW = {**{p: f"run save_inter_outputs.py --{p}" for p in list_producers()},
+        "nac_stages": "run save_inter_outputs.py --nac-stages", "calibration": "fit the detectors with --calibration-size N",
         "head": "run save_inter_outputs.py again: it saves the classifier head",
         "detectors": "run train_ood_detectors.py"}
 
