@@ -97,7 +97,7 @@ def _coverage_loop(train, values, m, o_star, alpha):
 @pytest.mark.shared
 @pytest.mark.slow
 def test_registry_scores_equal_the_authors_definition_on_real_images(tmp_path):
-    from utils.data import to_input
+    from utils.inputs import to_input
     from utils.extraction import extract
     from utils.features import load_head, open_backbone, save_head
     from utils.generate import DataConfig, generate, load_images
