@@ -143,3 +143,40 @@ def test_tune_searches_on_the_validation_split_only_and_evaluates_the_rest(toy, 
     default = {r["method"]: r for r in csv.DictReader(open(res / "overview.csv"))}
     assert tuned["LA-OOD"] == default["LA-OOD"] and tuned["MSP"] == default["MSP"]   # nothing to tune
     assert "Tuned on the validation split" in (res / "summary.md").read_text()
+
+
+def test_a_new_producer_is_one_registered_class(toy):
+    """The docs' example: a producer registered at run time gets its flag, runs in stage 2, loads with the
+    features and meets a method's need."""
+    from utils import methods, producers
+    from utils.paths import LOGITS
+    from utils.producers.base import _PRODUCERS
+    from utils.io import load_array
+
+    @producers.register_producer
+    class MaxLogitProducer(producers.Producer):
+        name, help = "max_logit", "also store each image's largest logit"
+
+        def compute(self, ctx, images, labels, out, fused):
+            np.save(out / "max_logit.npy", np.load(out / LOGITS, mmap_mode="r").max(1))
+
+        def load(self, d, manifest, out, rebuild):
+            if (d / "max_logit.npy").exists():
+                out["max_logit"] = load_array(d / "max_logit.npy", rebuild)
+
+    @methods.register_method("max logit (producer test)", ["max_logit"])
+    def _stored(inp):
+        return inp.each(lambda f: -f["max_logit"])
+    try:
+        run = save_inter_outputs.main(save_inter_outputs.get_args_parser().parse_args(
+            toy["model"] + ["--batch-size", "32", "--max-logit", "--sets", "train", "test", "noise"]))
+        noise = load_features(run, "noise")
+        np.testing.assert_array_equal(noise["max_logit"], noise["logits"].max(1))
+        assert noise["manifest"]["settings"]["max_logit"] is True
+        inputs = methods.Inputs(train=load_features(run, "train"), sets={"noise": noise})
+        assert "max_logit" in inputs.available()
+        np.testing.assert_allclose(methods.get_method("max logit (producer test)").score(inputs)["noise"],
+                                   -noise["logits"].max(1))
+    finally:
+        _PRODUCERS.pop("max_logit")
+        methods._METHODS.pop("max logit (producer test)")

@@ -19,8 +19,8 @@ from ..splits import held_split
 
 log = logging.getLogger("utils.methods")
 
-NEEDS = frozenset({"logits", "penultimate", "labels", "layers", "head", "odin", "gram", "nac", "nac_stages",
-                   "detectors", "calibration"})
+NEEDS = frozenset({"logits", "penultimate", "labels", "layers", "head", "nac_stages", "detectors", "calibration"})
+# ... and the name of every stage-2 producer (utils/producers: odin, gram, nac).
 HELD = "__held__"        # the held-back train rows, scored as one more set when a score is standardised
 
 
@@ -146,9 +146,10 @@ def register_method(name: str, needs: Sequence[str], reference: str = "", grid: 
     """Decorator: register ``fn(inputs, **hyperparameters) -> {set: scores}`` under ``name`` (the name tables
     print). Every keyword argument of ``fn`` after ``inputs`` is a hyperparameter and needs a default;
     ``grid`` gives the values ``--tune`` tries for some of them (the others stay at their defaults)."""
-    unknown = set(needs) - NEEDS
+    known = NEEDS | set(list_producers())
+    unknown = set(needs) - known
     if unknown:
-        raise ValueError(f"method {name!r} declares unknown needs {sorted(unknown)}; known: {sorted(NEEDS)}")
+        raise ValueError(f"method {name!r} declares unknown needs {sorted(unknown)}; known: {sorted(known)}")
     grid = dict(grid or {})
 
     def wrap(fn):
