@@ -1,6 +1,11 @@
 """The paper-style table: LA-OOD on each backbone and OOD set, with Energy and LA-OOD tail + Energy beside it.
 
     python collect_results.py --models vgg16 resnet34 densenet100
+    python collect_results.py --models vgg16 resnet34 densenet100 resnet20 resnet56 --tuned
+
+``--tuned`` collects the results of ``detect_oods.py --tune`` instead: per backbone, every method's near, far and
+mean AUROC at the defaults and tuned on the validation split, and which method is first in each
+(results/tuned_table.md and .csv).
 
 For each model it takes the newest detection results of the given data tag and detector tag under
 ``--runs-root`` (one checkpoint per model: pass --run to choose), and writes results/paper_table.md and
@@ -17,8 +22,8 @@ from models import list_models
 from utils.runtime import run_script
 from utils.features import load_features
 from utils.io import format_table, read_json, write_csv, write_text
-from utils.paths import RUN_RECORD, SUMMARY_CSV, Layout
-from utils.tables import paper_table
+from utils.paths import OVERVIEW_CSV, RUN_RECORD, SUMMARY_CSV, TUNED_OVERVIEW_CSV, Layout
+from utils.tables import ORACLE, paper_table
 
 log = logging.getLogger("collect_results")
 COLUMNS = {"auroc": "AUROC", "fpr95_ood": "FPR95 (OOD positive, original code)",
@@ -38,6 +43,8 @@ def get_args_parser():
                         help="use this results directory for MODEL instead of searching; repeatable")
     parser.add_argument("--runs-root", type=Path, default=Layout.runs_root, help="root of the runs")
     parser.add_argument("--out-root", type=Path, default=Layout.collected_root, help="where the table goes")
+    parser.add_argument("--tuned", action="store_true",
+                        help="collect the tables of detect_oods.py --tune (at the defaults and tuned) instead")
     return parser
 
 
@@ -46,7 +53,8 @@ def find_results(args, model: str):
     if model in chosen:
         return Path(chosen[model])
     runs = Layout(runs_root=args.runs_root).runs_of(args.ind, model, args.data_tag)    # float32 runs only
-    found = [r for r in (Layout.results(run, args.detector_tag) for run in runs) if (r / SUMMARY_CSV).exists()]
+    found = [r for r in (Layout.results(run, args.detector_tag, tuned=args.tuned) for run in runs)
+             if (r / SUMMARY_CSV).exists()]
     return max(found, key=lambda r: (r / SUMMARY_CSV).stat().st_mtime) if found else None
 
 
@@ -56,7 +64,56 @@ def read_summary(path: Path):
                  for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+def _f(value) -> float:
+    return float(value) if value not in ("", None) else float("nan")
+
+
+def _layer_adaptive(method: str) -> bool:
+    return method.startswith("LA-OOD") or method == "early exit"
+
+
+def tuned_tables(args):
+    """Near, far and mean AUROC of every method at the defaults and tuned, per backbone, and the first in each."""
+    rows, firsts = [], []
+    for model in args.models:
+        results = find_results(args, model)
+        if results is None or not (results / TUNED_OVERVIEW_CSV).exists():
+            log.info(f"{model}: no results of detect_oods.py --tune under {args.runs_root}")
+            continue
+        tables = {which: {r["method"]: r for r in csv.DictReader(open(results / name))}
+                  for which, name in (("defaults", OVERVIEW_CSV), ("tuned", TUNED_OVERVIEW_CSV))}
+        for method in tables["defaults"]:
+            if method == ORACLE:
+                continue
+            rows.append({"model": model, "method": method,
+                         **{f"{k} ({which})": _f(tables[which][method][k]) for which in tables
+                            for k in ("near", "far", "mean")}})
+        for which, table in tables.items():
+            methods = [m for m in table if m != ORACLE]
+            sets = [k for k in table[methods[0]] if k not in ("method", "near", "far", "mean")]
+            for k in ("near", "far"):
+                if table[methods[0]][k] in ("", None):      # no set of that kind in the run
+                    continue
+                best = max(methods, key=lambda m: float(table[m][k]))
+                other = max((m for m in methods if not _layer_adaptive(m)), key=lambda m: float(table[m][k]))
+                # The first method's largest shortfall on one set against that set's best method.
+                gap = max(max(float(table[m][x]) for m in methods) - float(table[best][x]) for x in sets)
+                firsts.append({"model": model, "table": which, "mean": k, "first": best, "auroc": float(table[best][k]),
+                               "largest shortfall on a set": gap, "first other method": other,
+                               "its auroc": float(table[other][k])})
+    if not rows:
+        raise FileNotFoundError(f"no results of detect_oods.py --tune under {args.runs_root}")
+    layout = Layout(collected_root=args.out_root)
+    write_csv(layout.collected_root / "tuned_table.csv", rows)
+    text = (format_table(firsts) if firsts else "") + "\n" + format_table(rows)
+    write_text(layout.collected_root / "tuned_table.md", text)
+    print(text)
+    return rows
+
+
 def main(args):
+    if args.tuned:
+        return tuned_tables(args)
     runs, lines = {}, []
     for model in args.models:
         results = find_results(args, model)

@@ -143,6 +143,14 @@ def test_tune_searches_on_the_validation_split_only_and_evaluates_the_rest(toy, 
     default = {r["method"]: r for r in csv.DictReader(open(res / "overview.csv"))}
     assert tuned["LA-OOD"] == default["LA-OOD"] and tuned["MSP"] == default["MSP"]   # nothing to tune
     assert "Tuned on the validation split" in (res / "summary.md").read_text()
+    # collect_results.py --tuned gathers both tables.
+    import collect_results
+    rows = collect_results.main(collect_results.get_args_parser().parse_args(
+        ["--models", "resnet20", "--tuned", "--run", f"resnet20={res}", "--out-root", str(toy["root"] / "collected")]))
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["MSP"]["far (defaults)"] == by_method["MSP"]["far (tuned)"] and np.isnan(by_method["MSP"]["near (tuned)"])
+    assert by_method["KNN"]["far (tuned)"] == pytest.approx(float(tuned["KNN"]["far"]))
+    assert (toy["root"] / "collected" / "tuned_table.md").exists()
 
 
 def test_a_new_producer_is_one_registered_class(toy):
