@@ -80,7 +80,7 @@ def main(args):
     overview = sorted(args.run.glob("results/*/overview.csv"))
     for path in overview[:1]:
         for row in csv.DictReader(open(path)):
-            if row["method"] == "NAC-UE":
+            if row["method"] == "NAC-UE (pytorch-ood)":
                 print("| registry NAC-UE (every tap, pytorch-ood defaults) | all | "
                       + " | ".join(f"{float(row[s]):.2f}" for s in oods)
                       + f" | {float(row['near']):.2f} | {float(row['far']):.2f} |")

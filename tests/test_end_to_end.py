@@ -80,7 +80,7 @@ def test_stages_0_to_4_write_what_the_next_reads(toy):
     rows = {(r["ood"], r["method"]): r for r in toy["summary"]}
     for name in ("svhn", "pure_color", "noise"):
         assert rows[(name, "LA-OOD")]["n"] == {"svhn": 20, "pure_color": 40, "noise": 24}[name]
-        for method in ("LA-OOD", "LA-OOD tail + Energy", "Energy", "KNN", "Gram", "NAC-UE"):
+        for method in ("LA-OOD", "LA-OOD tail + Energy", "Energy", "KNN", "Gram", "NAC-UE (pytorch-ood)"):
             assert 0 <= rows[(name, method)]["auroc"] <= 100
     # SVHN joins the overview as a far-OOD set; no near set was made.
     res = toy["run"] / "results" / toy["det"].name

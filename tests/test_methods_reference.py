@@ -224,7 +224,7 @@ def test_nac_ue_equals_pytorch_ood(tmp_path, spec):
     assert all(p.requires_grad for p in model.parameters())                 # unfrozen after the pass
     inputs = methods.Inputs(train={"nac": train_values, "nac_widths": widths, "nac_taps": taps},
                             sets={"test": {"nac": eval_values, "nac_taps": taps}})
-    ours = methods.get_method("NAC-UE").fn(inputs)["test"]
+    ours = methods.get_method("NAC-UE (pytorch-ood)").fn(inputs)["test"]
     np.testing.assert_array_equal(ours, Coverage(widths).fit(train_values).score(eval_values))
     norm = model.normalization
     batches = [to_input(train[s:s + 100], normalization=norm) for s in range(0, len(train), 100)]
@@ -236,7 +236,7 @@ def test_nac_ue_equals_pytorch_ood(tmp_path, spec):
     assert len(np.unique(ours)) > 50                                          # coverage varies between images
     inputs.sets["test"]["nac_taps"] = taps[1:]                               # values of other taps: refused
     with pytest.raises(ValueError, match="NAC values of other taps than the train split"):
-        methods.get_method("NAC-UE").fn(inputs)
+        methods.get_method("NAC-UE (pytorch-ood)").fn(inputs)
 
 
 def test_react_on_densenet_reads_the_right_inputs_and_equals_pytorch_ood(tmp_path):

@@ -44,7 +44,7 @@ for _base in TAIL_BASES:
 # post-hoc baselines roughly by year, then the tail rule over each of its bases.
 TABLE_ORDER = ("LA-OOD", "LA-OOD (calibrated)", "early exit", "MSP", "ODIN", "Energy", "GEN", "ReAct", "ASH-S",
                "DICE", "ViM", "Mahalanobis", "Mahalanobis (all layers)", "Gram", "KNN", "fDBD", "RMDS", "SCALE",
-               "NCI", "NAC-UE", "NAC-UE (authors)", "NNGuide", *(f"LA-OOD tail + {b}" for b in TAIL_BASES))
+               "NCI", "NAC-UE (pytorch-ood)", "NAC-UE (authors)", "NNGuide", *(f"LA-OOD tail + {b}" for b in TAIL_BASES))
 
 
 def list_methods() -> List[str]:

@@ -27,7 +27,7 @@ def _gram(inp: Inputs):
     return inp.each(lambda f: bounds.score(f["gram"]))
 
 
-@register_method("NAC-UE", ["nac"], "Liu et al., ICLR 2024; the taps of --nac (all, or --nac-taps), pytorch-ood's "
+@register_method("NAC-UE (pytorch-ood)", ["nac"], "Liu et al., ICLR 2024; the taps of --nac (all, or --nac-taps), pytorch-ood's "
                                     "alpha 100, M 50, O* 50")
 def _nac_ue(inp: Inputs):
     from ..nac import Coverage
