@@ -38,7 +38,7 @@ def test_pooled_gradient_is_autograd_s():
     np.testing.assert_allclose(pooled_products(o, (weight, bias)), o * g.numpy(), rtol=1e-10)
 
 
-def test_default_stages_are_every_stage_output_but_the_last():
+def test_default_stages_are_the_authors_resnet_layers_and_their_counterparts():
     from models import create_model
     assert nac_authors.default_stages(create_model("resnet34", 10)) == ["layer1", "layer2", "layer3"]
     assert nac_authors.default_stages(create_model("densenet100", 10)) == ["trans1", "trans2"]
@@ -107,7 +107,7 @@ def test_registry_scores_equal_the_authors_definition_on_real_images(tmp_path):
     generate(cfg, layout)
     model, _ = open_backbone(need(CHECKPOINTS / "resnet20-cifar10-akamaster.th"), "cifar10", "resnet20")
     stages = nac_authors.default_stages(model)
-    assert stages == ["layer1", "layer2"]
+    assert stages == ["layer1", "layer2", "layer3"]
     save_head(model, tmp_path)
     head = load_head(tmp_path)
     feats, independent = {}, {}
@@ -128,7 +128,7 @@ def test_registry_scores_equal_the_authors_definition_on_real_images(tmp_path):
                                    rtol=2e-3, atol=1e-6)
     inputs = methods.Inputs(train=feats["train"], sets={"test": feats["test"], "dtd": feats["dtd"]}, head=head)
     got = methods.get_method("NAC-UE (authors)").score(inputs)
-    order = ["pooled", "layer2", "layer1"]                 # deepest first, with the authors' first three settings
+    order = ["pooled", "layer3", "layer2", "layer1"]       # deepest first, with the authors' four settings
     for name in ("test", "dtd"):
         want = -np.mean([_coverage_loop(independent["train"][layer], independent[name][layer], *setting)
                          for layer, setting in zip(order, nac_authors.CIFAR10_SETTING)], axis=0)

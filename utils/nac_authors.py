@@ -3,12 +3,12 @@ here from its description, next to pytorch-ood's convention in utils/nac.py.
 
 What differs from pytorch-ood's ``NACUE`` (utils/nac.py), each of which moves the scores a lot:
 
-- **Layers**: for a ResNet, the output of every stage but the last, and the pooled features (the last stage,
-  average-pooled, which the head reads): ResNet-18 on CIFAR-10 in the authors' setting uses layer1, layer2,
-  layer3 and avgpool; the ResNet-20/56 here have three stages, so layer1, layer2 and the pooled features;
-  ResNet34 has ResNet-18's four stages, so the authors' four layers. The same rule picks VGG16's first four
-  blocks (the max-pooling outputs ``features.6`` to ``features.33``) and DenseNet100's transitions (``trans1``,
-  ``trans2``); ``--nac-stages`` names other modules. Layers beyond the fourth take the fourth's setting.
+- **Layers**: ResNet-18 on CIFAR-10 in the authors' setting uses layer1, layer2 and layer3 (outputs at 32x32,
+  16x16 and 8x8) and avgpool (the pooled features the head reads); the CIFAR ResNet-20/56 here have three stages
+  at those same resolutions, and ResNet34 has ResNet-18's four, so all three read layer1-3 and the pooled
+  features (:func:`default_stages`). For VGG16 the outputs of its first four blocks (the max-pooling layers
+  ``features.6`` to ``features.33``) and for DenseNet100 its transitions (``trans1``, ``trans2``) stand for the
+  stages; ``--nac-stages`` names other modules. Layers beyond the fourth take the fourth's setting.
 - **State of a neuron**: the loss is the cross-entropy of the softmax against the uniform distribution,
   summed over the batch; with o a layer's output and g its gradient, each is **summed** over the spatial
   positions, and channel c's state is ``sigmoid(alpha * sum(o_c) * sum(g_c))``. Stage 2 stores the product
@@ -47,13 +47,14 @@ POOLED = "pooled"
 
 
 def default_stages(model) -> List[str]:
-    """The modules whose outputs NAC-UE reads, every stage's output but the last (the pooled features stand for
-    it): a ResNet's ``layerK``, as the authors do; by the same rule a DenseNet's transitions ``transK`` (the
+    """The modules whose outputs NAC-UE reads beside the pooled features: a ResNet's layer1, layer2 and layer3,
+    the authors' ResNet-18 layers (on CIFAR inputs at 32x32, 16x16 and 8x8; the CIFAR ResNet-20/56 have the same
+    three stages at the same resolutions, ResNet34 ResNet-18's four); a DenseNet's transitions ``transK`` (the
     outputs of its first blocks) and VGG's max-pooling layers but the last (the outputs of its first blocks)."""
     named = dict(model.named_modules())
     resnet = sorted((n for n in named if re.fullmatch(r"layer\d+", n)), key=lambda n: int(n[5:]))
-    if len(resnet) >= 2:
-        return resnet[:-1]
+    if len(resnet) >= 3:
+        return resnet[:3]
     dense = sorted((n for n in named if re.fullmatch(r"trans\d+", n)), key=lambda n: int(n[5:]))
     if dense:
         return dense
