@@ -188,3 +188,21 @@ def test_a_new_producer_is_one_registered_class(toy):
     finally:
         _PRODUCERS.pop("max_logit")
         methods._METHODS.pop("max logit (producer test)")
+
+
+def test_nac_stages_are_added_beside_finished_features_and_scored(toy):
+    """--nac-stages on a finished run computes only NAC-UE's stage values (the features stay as they are), and
+    NAC-UE (authors) joins the tables."""
+    before = (toy["run"] / "features" / "test" / "manifest.json").read_text()
+    save_inter_outputs.main(save_inter_outputs.get_args_parser().parse_args(
+        toy["model"] + ["--batch-size", "32", "--gram", "--nac", "--nac-stages", "--sets", "train", "test", "noise",
+                        "svhn", "pure_color"]))
+    assert (toy["run"] / "features" / "test" / "manifest.json").read_text() == before
+    train, noise = load_features(toy["run"], "train"), load_features(toy["run"], "noise")
+    assert train["nac_stages_fit"]["names"] == ["layer3", "layer2", "layer1"]          # deepest first
+    assert [a.shape[1] for a in noise["nac_stages"]["stages"]] == [64, 32, 16]
+    assert len(noise["nac_stages"]["stages"][0]) == len(noise["logits"])
+    summary = detect_oods.main(detect_oods.get_args_parser().parse_args(
+        toy["model"] + toy["detectors"] + ["--methods", "NAC-UE (authors)", "Energy"]))
+    assert {r["method"] for r in summary} >= {"NAC-UE (authors)", "Energy"}
+    assert all(0 <= r["auroc"] <= 100 for r in summary if r["method"] == "NAC-UE (authors)")
