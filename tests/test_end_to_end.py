@@ -193,10 +193,11 @@ def test_a_new_producer_is_one_registered_class(toy):
 def test_nac_stages_are_added_beside_finished_features_and_scored(toy):
     """--nac-stages on a finished run computes only NAC-UE's stage values (the features stay as they are), and
     NAC-UE (authors) joins the tables."""
+    flags = toy["model"] + ["--batch-size", "32", "--gram", "--nac", "--sets", "train", "test", "noise", "svhn",
+                            "pure_color"]
+    save_inter_outputs.main(save_inter_outputs.get_args_parser().parse_args(flags))   # the features as the toy's
     before = (toy["run"] / "features" / "test" / "manifest.json").read_text()
-    save_inter_outputs.main(save_inter_outputs.get_args_parser().parse_args(
-        toy["model"] + ["--batch-size", "32", "--gram", "--nac", "--nac-stages", "--sets", "train", "test", "noise",
-                        "svhn", "pure_color"]))
+    save_inter_outputs.main(save_inter_outputs.get_args_parser().parse_args(flags + ["--nac-stages"]))
     assert (toy["run"] / "features" / "test" / "manifest.json").read_text() == before
     train, noise = load_features(toy["run"], "train"), load_features(toy["run"], "noise")
     assert train["nac_stages_fit"]["names"] == ["layer3", "layer2", "layer1"]          # deepest first
