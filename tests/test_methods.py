@@ -223,3 +223,20 @@ def test_nac_taps_are_chosen_by_index_name_or_range():
         select_taps("5", names)
     with pytest.raises(ValueError, match="selects no tap"):
         select_taps("3:1", names)
+
+
+def test_the_validated_tail_is_tail_plus_energy_untuned_and_takes_any_of_its_bases():
+    rng = np.random.default_rng(0)
+    pen = np.abs(rng.normal(size=(600, 16)))
+    head = (rng.normal(size=(4, 16)), np.zeros(4))
+    feats = lambda p: {"penultimate": p, "logits": p @ head[0].T, "labels": rng.integers(0, 4, len(p)),  # noqa: E731
+                       "layers": [p]}
+    held = np.arange(100)
+    inp = Inputs(train=feats(pen), sets={"test": feats(np.abs(rng.normal(size=(50, 16))))}, head=head,
+                 layer_scores={"test": rng.normal(size=(50, 2))},
+                 calibration=Calibration.fit(rng.normal(size=(100, 2)), held=held))
+    validated = get_method("LA-OOD tail + validated base")
+    np.testing.assert_allclose(validated.score(inp)["test"], get_method("LA-OOD tail + Energy").score(inp)["test"])
+    np.testing.assert_allclose(validated.score(inp, base="KNN")["test"],
+                               get_method("LA-OOD tail + KNN").score(inp)["test"])
+    assert [p["base"] for p in validated.grid_points(inp)][:2] == ["Energy", "ReAct"]

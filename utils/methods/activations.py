@@ -86,6 +86,6 @@ def _bank(inp: Inputs) -> np.ndarray:
 def _nnguide(inp: Inputs, k=100):
     from pytorch_ood.detector import NNGuide
     bank = _bank(inp)
-    det = NNGuide(None, _head_module(inp.head), k=k).fit_features(
+    det = NNGuide(None, _head_module(inp.head), k=min(k, len(bank))).fit_features(
         _tensor(inp.train["penultimate"][bank]), torch.as_tensor(np.asarray(inp.train["labels"])[bank]))
     return inp.each(lambda f: _chunked(det.predict_features, f["penultimate"]))
