@@ -14,6 +14,7 @@ from utils.features import load_head, open_backbone, save_head
 from utils.inputs import to_input
 from utils.generate import DataConfig, generate, load_images
 from utils.paths import Layout
+from utils.splits import held_split
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]   # reference checks on real features: the full suite
 
@@ -189,7 +190,7 @@ def test_nci_equals_its_formula(vgg16_features):
 def test_nnguide_equals_its_formula(vgg16_features):
     inputs, w, b = vgg16_features
     W, B = w.double().numpy(), b.double().numpy()
-    bank = methods.held_split(len(inputs.train["penultimate"]), 100, 0)[0]     # 1% of 2,000 < k: k rows
+    bank = held_split(len(inputs.train["penultimate"]), 100, 0)[0]     # 1% of 2,000 < 100: 100 rows
     X = inputs.train["penultimate"][bank].astype(np.float64)
     lse = lambda L: np.log(np.exp(L - L.max(1, keepdims=True)).sum(1)) + L.max(1)  # noqa: E731
     unit = lambda A: A / np.linalg.norm(A, axis=1, keepdims=True)  # noqa: E731
