@@ -109,7 +109,7 @@ def test_vim_equals_pytorch_ood(vgg16_features, monkeypatch):
     np.testing.assert_allclose(_ours(inputs, "ViM"), ref, rtol=1e-5)
 
 
-# The 2023-2025 methods run pytorch-ood's own implementations (utils/methods.py); each test computes the
+# The 2023-2025 methods run pytorch-ood's own implementations (utils/methods/activations.py); each test computes the
 # paper's formula independently in float64 NumPy on the same real features and checks the registry entry
 # (that is, pytorch-ood wired to the saved features and head) gives the same scores.
 

@@ -1,7 +1,7 @@
 """NAC-UE (neuron activation coverage; Liu et al., ICLR 2024), which needs the network's gradients: stage 2
 (``save_inter_outputs.py --nac``) stores, for every tapped layer's output z and every image, the spatial mean
 of ``z * dKL/dz`` per channel, KL being the divergence of the softmax from the uniform distribution; the
-``NAC-UE`` scoring method (utils/methods.py) turns those into coverage scores with :func:`coverage_scores`.
+``NAC-UE (pytorch-ood)`` scoring method (utils/methods/multilayer.py) turns those into coverage scores with :func:`coverage_scores`.
 
 The quantities, bins and coverage follow pytorch-ood 0.4's ``NACUE`` (whose scores
 tests/test_methods_reference.py compares with these): a neuron's state is ``sigmoid(alpha * value)``, put in

@@ -1,5 +1,5 @@
 """ODIN (Liang et al., ICLR 2018), the one baseline that needs the network itself: it is computed in
-stage 2 (``save_inter_outputs.py --odin``) and read by the ``ODIN`` scoring method (utils/methods.py)."""
+stage 2 (``save_inter_outputs.py --odin``) and read by the ``ODIN`` scoring method (utils/methods/logits.py)."""
 from typing import Optional
 
 import numpy as np
