@@ -9,7 +9,7 @@ import platform
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import sklearn
@@ -104,7 +104,8 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], config: DetectCon
     scores = _scores(names, inputs, cache)
     ood_names = list(ood_names)
     pairs = comparisons(len(layer_scores["test"]), {n: len(layer_scores[n]) for n in ood_names}, config.seed)
-    tables, summary = _summary(pairs, layer_scores, scores, ood_names)
+    tables = _layer_tables(pairs, layer_scores, ood_names)
+    summary = _summary(pairs, tables, layer_scores, scores, ood_names)
 
     out = Layout.results(run, la.tag, tuned=config.tune)
     settings = {"checkpoint_sha256": sha, "detectors": str(det_dir), "eval_seed": config.seed, "sets": list(sets),
@@ -123,7 +124,7 @@ def detect(run: Path, det_dir: Path, ood_names: Sequence[str], config: DetectCon
     if tuning is not None:
         tuned_scores = {**scores, **score_methods([m for m, v in chosen(tuning).items() if m in scores and v
                                                    != get_method(m).defaults], inputs, chosen(tuning))}
-        tuned_summary = _summary(pairs, layer_scores, tuned_scores, ood_names)[1]
+        tuned_summary = _summary(pairs, tables, layer_scores, tuned_scores, ood_names)
         tuned_table = overview(tuned_summary, config.near)
         run_record["validation"] = {"test": f"{len(val_in)} test images, {len(val_in) // len(np.unique(test['labels']))}"
                                             f" per class", val_ood: f"{len(val_out)} images",
@@ -174,18 +175,21 @@ def _scores(names: Sequence[str], inputs: Inputs, cache: Optional[Dict]) -> Dict
     return {m: scores[m] for m in names if m in scores}
 
 
-def _summary(pairs, layer_scores, scores, ood_names) -> Tuple[Dict[str, List[Dict]], List[Dict]]:
-    """The per-set layer tables and the summary rows (each set's first method, the oracle, the others)."""
-    ind = layer_scores["test"]
-    summary, tables = [], {}
+def _layer_tables(pairs, layer_scores, ood_names) -> Dict[str, List[Dict]]:
+    """The per-set layer tables (they do not depend on the methods' hyperparameters)."""
+    return {name: layer_table(layer_scores["test"][i_idx], pick_ood(layer_scores, name, o_idx, ood_names))
+            for name, i_idx, o_idx in pairs}
+
+
+def _summary(pairs, tables, layer_scores, scores, ood_names) -> List[Dict]:
+    """The summary rows of every comparison: its first method, the oracle layer of its table, the other methods."""
+    summary = []
     for name, i_idx, o_idx in pairs:
-        ood_layers = pick_ood(layer_scores, name, o_idx, ood_names)
-        tables[name] = layer_table(ind[i_idx], ood_layers)
-        n = len(i_idx) if o_idx is not None else f"{len(i_idx)}+{len(ood_layers)}"
+        n = len(i_idx) if o_idx is not None else f"{len(i_idx)}+{sum(len(layer_scores[o]) for o in ood_names)}"
         rows = [method_row(name, m, n, s["test"][i_idx], pick_ood(s, name, o_idx, ood_names))
                 for m, s in scores.items()]
         summary += rows[:1] + [oracle_row(tables[name], name, n)] + rows[1:]
-    return tables, summary
+    return summary
 
 
 def set_variants(sets: Dict[str, Dict]) -> Dict[str, str]:
