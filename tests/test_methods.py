@@ -240,3 +240,14 @@ def test_the_validated_tail_is_tail_plus_energy_untuned_and_takes_any_of_its_bas
     np.testing.assert_allclose(validated.score(inp, base="KNN")["test"],
                                get_method("LA-OOD tail + KNN").score(inp)["test"])
     assert [p["base"] for p in validated.grid_points(inp)][:2] == ["Energy", "ReAct"]
+    # The paired row: one base alone is that base's tail row; a pair adds the two standardised scores.
+    paired = get_method("LA-OOD tail + validated pair")
+    np.testing.assert_allclose(paired.score(inp)["test"], get_method("LA-OOD tail + Energy").score(inp)["test"])
+    both = paired.score(inp, bases=("Energy", "KNN"))["test"]
+    excess = inp.calibration.tail_excess(inp.layer_scores["test"])
+    np.testing.assert_allclose(both, get_method("LA-OOD tail + Energy").score(inp)["test"]
+                               + get_method("LA-OOD tail + KNN").score(inp)["test"] - excess)
+    points = [p["bases"] for p in paired.grid_points(inp)]
+    assert len(points) == 10 + 45 and points[0] == ("Energy",) and len(set(points)) == 55
+    with pytest.raises(ValueError, match="one or two of"):
+        paired.score(inp, bases=("Energy", "KNN", "ViM"))

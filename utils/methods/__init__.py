@@ -35,18 +35,19 @@ from . import activations, distance, logits, multilayer  # noqa: F401  (register
 from .base import HELD, NEEDS, Inputs, Method, Rows, _METHODS, get_method, register, register_method, score_methods
 from .base import standardise_on, take
 from .blocks import KNN, Mahalanobis, ViM, ash_s, dice_weight, energy, gen, linear, msp, react_threshold, vim_dim
-from .layer_adaptive import TAIL_BASES, VALIDATED, register_tail, register_validated_tail
+from .layer_adaptive import PAIRED, TAIL_BASES, VALIDATED, register_paired_tail, register_tail, register_validated_tail
 
 for _base in TAIL_BASES:
     register_tail(_base)
 register_validated_tail()
+register_paired_tail()
 
 # The rows of every table, in this order: LA-OOD and the variants that read only the detectors, then the
 # post-hoc baselines roughly by year, then the tail rule over each of its bases.
 TABLE_ORDER = ("LA-OOD", "LA-OOD (calibrated)", "early exit", "MSP", "ODIN", "Energy", "GEN", "ReAct", "ASH-S",
                "DICE", "ViM", "Mahalanobis", "Mahalanobis (all layers)", "Gram", "KNN", "fDBD", "RMDS", "SCALE",
                "NCI", "NAC-UE (pytorch-ood)", "NAC-UE (authors)", "NNGuide", *(f"LA-OOD tail + {b}" for b in TAIL_BASES),
-               VALIDATED)
+               VALIDATED, PAIRED)
 
 
 def list_methods() -> List[str]:
