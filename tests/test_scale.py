@@ -180,3 +180,20 @@ def test_size_correction_chooses_on_the_whole_sets_scale():
     assert 1.2 < corrected["size_scale"] < 1.6 and "size_scale" not in plain   # about (6000 / 1500)^(2 / 8)
     assert corrected["gamma"] in grid and set(corrected["errors"]) == set(grid)
     assert corrected["gamma"] >= plain["gamma"]       # fewer points look sparser: the correction moves gamma up
+
+
+def test_working_set_fit_is_libsvms_solution_on_all_points():
+    """The dual restricted to a working set with nu' = nu n / |S| is the full dual: once no row outside the set
+    violates its KKT condition, the decision function is libsvm's on all points (to libsvm's tolerance)."""
+    from benchmarks.approx_gap import working_set_fit
+    from utils.detectors.ocsvm import KernelOneClassSVM
+    rng = np.random.default_rng(0)
+    Z = np.vstack([rng.normal(size=(3000, 8)), rng.normal(3, 0.5, size=(1000, 8))])
+    Q = rng.normal(size=(500, 8)) * 1.5
+    for gamma in (0.05, 0.5):
+        full = KernelOneClassSVM(gamma, nu=0.01).fit(Z)
+        ws, rounds = working_set_fit(Z, gamma, nu=0.01, start=800)
+        assert rounds > 1                     # the first working set was not enough: violators were added
+        a, b = full.decision_function(Q), ws.decision_function(Q)
+        assert np.abs(a - b).max() < 5e-3 * np.ptp(a)
+        assert (np.sign(a) == np.sign(b)).mean() > 0.99
