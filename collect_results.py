@@ -108,10 +108,30 @@ def tuned_tables(args):
         raise FileNotFoundError(f"no results of detect_oods.py --tune under {args.runs_root}")
     layout = Layout(collected_root=args.out_root)
     write_csv(layout.collected_root / "tuned_table.csv", rows)
-    text = (format_table(firsts) if firsts else "") + "\n" + format_table(rows)
+    text = ((format_table(firsts) if firsts else "") + "\n" + near_far_grid(rows, "tuned") + "\n"
+            + format_table(rows))
     write_text(layout.collected_root / "tuned_table.md", text)
     print(text)
     return rows
+
+
+def near_far_grid(rows, which: str) -> str:
+    """Markdown: a row per method, a column per backbone, "near / far" AUROC of the ``which`` table, the best of
+    each column's near and far in bold."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["model"], r["method"]): r for r in rows}
+    best = {(m, k): np.nanmax([cell[m, x][f"{k} ({which})"] for x in methods if (m, x) in cell]) for m in models
+            for k in ("near", "far")}
+
+    def fmt(m, x, k):
+        v = cell[m, x][f"{k} ({which})"]
+        return f"**{v:.2f}**" if v == best[m, k] else f"{v:.2f}"
+    lines = ["| method | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for x in methods:
+        lines.append(f"| {x} | " + " | ".join(f"{fmt(m, x, 'near')} / {fmt(m, x, 'far')}" if (m, x) in cell else ""
+                                               for m in models) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(args):

@@ -153,6 +153,16 @@ def test_tune_searches_on_the_validation_split_only_and_evaluates_the_rest(toy, 
     assert (toy["root"] / "collected" / "tuned_table.md").exists()
 
 
+def test_the_near_far_grid_marks_each_backbones_best():
+    import collect_results
+    rows = [{"model": m, "method": x, "near (tuned)": near, "far (tuned)": far}
+            for m, x, near, far in [("vgg16", "A", 80.0, 99.0), ("vgg16", "B", 85.0, 90.0), ("resnet20", "A", 70.0, 95.0)]]
+    lines = collect_results.near_far_grid(rows, "tuned").splitlines()
+    assert lines[0] == "| method | vgg16 | resnet20 |"
+    assert lines[2] == "| A | 80.00 / **99.00** | **70.00** / **95.00** |"
+    assert lines[3] == "| B | **85.00** / 90.00 |  |"
+
+
 def test_a_new_producer_is_one_registered_class(toy):
     """The docs' example: a producer registered at run time gets its flag, runs in stage 2, loads with the
     features and meets a method's need."""
