@@ -135,3 +135,19 @@ def test_registry_scores_equal_the_authors_definition_on_real_images(tmp_path):
         agree = np.isclose(got[name], want, atol=1e-9)
         assert agree.mean() > 0.95, f"{name}: {agree.mean():.2%} of the scores agree"   # float32 vs float64 at bin edges
         assert np.corrcoef(got[name], want)[0, 1] > 0.99
+
+
+def test_the_gradient_pass_frame_restores_the_model_even_when_the_pass_fails():
+    from utils.hooks import frozen_with_hooks
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    model[2].bias.requires_grad_(False)                 # a parameter frozen before stays frozen after
+    seen = []
+    with pytest.raises(RuntimeError, match="in the pass"):
+        with frozen_with_hooks(model, [(model[0], lambda _m, _i, out: seen.append(out.shape))]):
+            assert not any(p.requires_grad for p in model.parameters())
+            model(torch.zeros(5, 3))
+            raise RuntimeError("in the pass")
+    assert seen == [torch.Size([5, 4])]
+    assert [p.requires_grad for p in model.parameters()] == [True, True, True, False]
+    model(torch.zeros(1, 3))
+    assert len(seen) == 1                                # the hook is gone

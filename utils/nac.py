@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .hooks import frozen_with_hooks
 from .inputs import normalization_of, to_input
 
 ALPHA, BINS, O_STAR = 100.0, 50, 50
@@ -94,12 +95,8 @@ def nac_values(model, images: np.ndarray, device: torch.device, batch_size: int 
 
     modules = list(model.tap_modules)
     chosen = range(len(modules)) if taps is None else taps
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    handles = [modules[i].register_forward_hook(capture) for i in chosen]
     out = []
-    try:
-        for p in frozen:
-            p.requires_grad_(False)
+    with frozen_with_hooks(model, [(modules[i], capture) for i in chosen]):
         for s in tqdm(range(0, len(images), batch_size), desc=progress or "nac", leave=False,
                       disable=progress is None):
             captured.clear()
@@ -112,11 +109,6 @@ def nac_values(model, images: np.ndarray, device: torch.device, batch_size: int 
             out.append(torch.cat([_reduce(z.detach() * g) for z, g in zip(captured, grads)], 1).float().cpu())
             if on_batch is not None:
                 on_batch(s, s + len(x), o)
-    finally:
-        for h in handles:
-            h.remove()
-        for p in frozen:
-            p.requires_grad_(True)
     return torch.cat(out).numpy()
 
 

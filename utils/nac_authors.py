@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .hooks import frozen_with_hooks
 from .inputs import normalization_of, to_input
 
 Setting = Tuple[int, int, float]          # (M, O*, alpha) of one layer
@@ -78,13 +79,9 @@ def stage_products(model, images: np.ndarray, modules: Sequence[str], device: to
                          f"{', '.join(n for n in named if n and '.' not in n)}")
     norm = normalization_of(model)
     captured: Dict[str, torch.Tensor] = {}
-    handles = [named[m].register_forward_hook(lambda _mod, _inp, out, m=m: captured.__setitem__(m, out))
-               for m in modules]
-    frozen = [p for p in model.parameters() if p.requires_grad]
+    hooks = [(named[m], lambda _mod, _inp, out, m=m: captured.__setitem__(m, out)) for m in modules]
     out: Dict[str, List[np.ndarray]] = {m: [] for m in modules}
-    try:
-        for p in frozen:
-            p.requires_grad_(False)
+    with frozen_with_hooks(model, hooks):
         for s in tqdm(range(0, len(images), batch_size), desc=progress or "nac stages", leave=False,
                       disable=progress is None):
             captured.clear()
@@ -96,11 +93,6 @@ def stage_products(model, images: np.ndarray, modules: Sequence[str], device: to
             for m, g in zip(modules, grads):
                 o = captured[m].detach()
                 out[m].append((_spatial_sum(o) * _spatial_sum(g)).float().cpu().numpy())
-    finally:
-        for h in handles:
-            h.remove()
-        for p in frozen:
-            p.requires_grad_(True)
     return {m: np.concatenate(v) for m, v in out.items()}
 
 
