@@ -121,8 +121,10 @@ def near_far_grid(rows, which: str) -> str:
     models = list(dict.fromkeys(r["model"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["model"], r["method"]): r for r in rows}
-    best = {(m, k): np.nanmax([cell[m, x][f"{k} ({which})"] for x in methods if (m, x) in cell]) for m in models
-            for k in ("near", "far")}
+    def column_best(m, k):      # NaN where the backbone's run has no set of that kind
+        values = [v for x in methods if (m, x) in cell and not np.isnan(v := cell[m, x][f"{k} ({which})"])]
+        return max(values, default=float("nan"))
+    best = {(m, k): column_best(m, k) for m in models for k in ("near", "far")}
 
     def fmt(m, x, k):
         v = cell[m, x][f"{k} ({which})"]
