@@ -80,21 +80,25 @@ def _timed(fit, layers, jobs):
     return time.perf_counter() - start, [f[0] for f in fitted], [float(f[1]["gamma"]) for f in fitted]
 
 
+def exact_reference(args, layers, test, oods) -> dict:
+    """The exact detectors' stage time, gammas and LA-OOD AUROCs: read from ``--exact``, or fitted (and written to
+    ``--out`` if given)."""
+    if args.exact:
+        return json.loads(args.exact.read_text())
+    start = time.perf_counter()
+    la = LAOOD(seed=args.seed, n_jobs=args.jobs).fit(layers)
+    exact = {"seconds": time.perf_counter() - start, "gammas": [r["gamma"] for r in la.records_],
+             "auroc": la_auroc(la.detectors_, test, oods, args.seed, device="cpu")}
+    if args.out:
+        args.out.write_text(json.dumps(exact, indent=2))
+    return exact
+
+
 def main(args):
     run, train, test, oods = find_run(args.checkpoint, args.runs_root, args.ind)
     layers = list(train["layers"])
     print(f"features: {run}; {len(layers[0])} train features, {len(layers)} layers; OOD sets: {', '.join(oods)}\n")
-    results = {}
-    if args.exact:
-        results["exact"] = json.loads(args.exact.read_text())
-    else:
-        start = time.perf_counter()
-        la = LAOOD(seed=args.seed, n_jobs=args.jobs).fit(layers)
-        seconds = time.perf_counter() - start
-        results["exact"] = {"seconds": seconds, "gammas": [r["gamma"] for r in la.records_],
-                            "auroc": la_auroc(la.detectors_, test, oods, args.seed, device="cpu")}
-        if args.out:
-            args.out.write_text(json.dumps(results["exact"], indent=2))
+    results = {"exact": exact_reference(args, layers, test, oods)}
     print(f"exact: {results['exact']['seconds']:.0f} s")
     exact_gammas = results["exact"]["gammas"]
     variants = {f"{k}: {m:,}, corrected": (lambda i, X, m=m: _fit_approx(X, args.seed, select_size=m,

@@ -25,10 +25,7 @@ it stops when there are none.
 The final fits are timed one layer at a time in one process, ``--jobs`` layers in parallel (the same for every
 column); the approximate default's time includes its gamma search, the others are fits at a given gamma.
 """
-import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -36,9 +33,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import OneClassSVM
 from threadpoolctl import threadpool_limits
 
+from benchmarks import approx_gamma_rule as gamma_rule
 from benchmarks.approx_gamma_rule import _at_gamma, _fit_approx
 from benchmarks.detector_speed import find_run, la_auroc
-from utils.detectors import LAOOD
 from utils.detectors.ocsvm import KernelOneClassSVM
 from utils.detectors.registry import streamed_scaler
 from utils.detectors.sas import NU
@@ -89,14 +86,8 @@ def _timed(fit, layers, gammas, jobs):
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="backbone whose full-size features are used")
-    p.add_argument("--runs-root", default="runs", help="root of the runs")
-    p.add_argument("--ind", default="cifar10", help="in-distribution set")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fits and the evaluation")
-    p.add_argument("--jobs", type=int, default=2, help="layers fitted in parallel")
-    p.add_argument("--exact", type=Path, default=None,
-                   help="JSON of an earlier exact run (benchmarks.approx_gamma_rule --out), to skip that fit")
+    p = gamma_rule.get_args_parser()      # the same flags: --checkpoint, --runs-root, --ind, --seed, --jobs, --exact, --out
+    p.description = __doc__.splitlines()[0]
     return p
 
 
@@ -104,13 +95,7 @@ def main(args):
     run, train, test, oods = find_run(args.checkpoint, args.runs_root, args.ind)
     layers = list(train["layers"])
     print(f"features: {run}; {len(layers[0])} train features, {len(layers)} layers; OOD sets: {', '.join(oods)}\n")
-    if args.exact:
-        exact = json.loads(args.exact.read_text())
-    else:
-        start = time.perf_counter()
-        la = LAOOD(seed=args.seed, n_jobs=args.jobs).fit(layers)
-        exact = {"seconds": time.perf_counter() - start, "gammas": [r["gamma"] for r in la.records_],
-                 "auroc": la_auroc(la.detectors_, test, oods, args.seed, device="cpu")}
+    exact = gamma_rule.exact_reference(args, layers, test, oods)
     columns = {"exact": exact}
     seconds, dets, records = _timed(lambda X, g: _fit_approx(X, args.seed), layers, [None] * len(layers), args.jobs)
     approx_gammas = [float(r["gamma"]) for r in records]
