@@ -94,6 +94,29 @@ def exact_reference(args, layers, test, oods) -> dict:
     return exact
 
 
+def print_against_exact(results: dict, oods, n_layers: int, seconds_label: str, speedup: bool = False) -> dict:
+    """Print the markdown table of every column of ``results`` (the first, ``exact``, the reference): seconds, the
+    speed-up over exact (``speedup``), layers at the exact gamma, each set's AUROC and its difference, and the
+    largest difference; returns ``{column: largest abs difference}`` for the columns after the first."""
+    names = list(results)
+    exact = results[names[0]]
+    print("\n| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    print(f"| {seconds_label} | " + " | ".join(f"{results[v]['seconds']:.0f}" for v in names) + " |")
+    if speedup:
+        print("| x faster than exact | " + " | ".join(f"{exact['seconds'] / results[v]['seconds']:.1f}"
+                                                    for v in names) + " |")
+    print("| layers at the exact gamma | " + " | ".join(
+        f"{sum(np.isclose(g, e) for g, e in zip(results[v]['gammas'], exact['gammas']))} of {n_layers}"
+        for v in names) + " |")
+    for s in oods:
+        print(f"| AUROC {s} | {exact['auroc'][s]:.2f} | " + " | ".join(
+            f"{results[v]['auroc'][s]:.2f} ({results[v]['auroc'][s] - exact['auroc'][s]:+.2f})" for v in names[1:])
+            + " |")
+    worst = {v: max(abs(results[v]["auroc"][s] - exact["auroc"][s]) for s in oods) for v in names[1:]}
+    print("| largest abs difference | | " + " | ".join(f"{worst[v]:.2f}" for v in names[1:]) + " |")
+    return worst
+
+
 def main(args):
     run, train, test, oods = find_run(args.checkpoint, args.runs_root, args.ind)
     layers = list(train["layers"])
@@ -114,19 +137,7 @@ def main(args):
         print(f"{name}: {seconds:.0f} s")
     exact = results["exact"]
     names = list(results)
-    print("\n| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
-    print("| detector stage (s) | " + " | ".join(f"{results[v]['seconds']:.0f}" for v in names) + " |")
-    print("| x faster than exact | " + " | ".join(f"{exact['seconds'] / results[v]['seconds']:.1f}" for v in names)
-          + " |")
-    print("| layers at the exact gamma | " + " | ".join(
-        f"{sum(np.isclose(g, e) for g, e in zip(results[v]['gammas'], exact['gammas']))} of {len(layers)}"
-        for v in names) + " |")
-    for s in oods:
-        print(f"| AUROC {s} | {exact['auroc'][s]:.2f} | " + " | ".join(
-            f"{results[v]['auroc'][s]:.2f} ({results[v]['auroc'][s] - exact['auroc'][s]:+.2f})" for v in names[1:])
-            + " |")
-    worst = {v: max(abs(results[v]["auroc"][s] - exact["auroc"][s]) for s in oods) for v in names[1:]}
-    print("| largest abs difference | | " + " | ".join(f"{worst[v]:.2f}" for v in names[1:]) + " |")
+    worst = print_against_exact(results, oods, len(layers), "detector stage (s)", speedup=True)
     print("\ngamma per layer:")
     for v in names:
         print(f"  {v}: {results[v]['gammas']}")

@@ -110,19 +110,8 @@ def main(args):
         columns[name] = {"seconds": seconds, "gammas": gammas, "records": records, "detectors": dets,
                          "auroc": la_auroc(dets, test, oods, args.seed, device="cpu")}
         print(f"{name}: {seconds:.0f} s", flush=True)
-    names = list(columns)
-    print("\n| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
-    print("| seconds (the first two: gamma search and fit; the others: the fit at a given gamma) | "
-          + " | ".join(f"{columns[v]['seconds']:.0f}" for v in names) + " |")
-    print("| layers at the exact gamma | " + " | ".join(
-        f"{sum(np.isclose(g, e) for g, e in zip(columns[v]['gammas'], exact['gammas']))} of {len(layers)}"
-        for v in names) + " |")
-    for s in oods:
-        print(f"| AUROC {s} | {exact['auroc'][s]:.2f} | " + " | ".join(
-            f"{columns[v]['auroc'][s]:.2f} ({columns[v]['auroc'][s] - exact['auroc'][s]:+.2f})" for v in names[1:])
-            + " |")
-    print("| largest abs difference | | " + " | ".join(
-        f"{max(abs(columns[v]['auroc'][s] - exact['auroc'][s]) for s in oods):.2f}" for v in names[1:]) + " |")
+    gamma_rule.print_against_exact(columns, oods, len(layers), "seconds (the first two: gamma search and fit; the "
+                                   "others: the fit at a given gamma)")
     ws = columns["working set at the exact gammas"]
     print(f"\nworking set: rounds per layer {[r['rounds'] for r in ws['records']]}, "
           f"support vectors {[r['support_vectors'] for r in ws['records']]}")
