@@ -1,11 +1,15 @@
 """The paper-style table: LA-OOD on each backbone and OOD set, with Energy and LA-OOD tail + Energy beside it.
 
     python collect_results.py --models vgg16 resnet34 densenet100
+    python collect_results.py --models vgg16 resnet34 densenet100 --ind cifar10 cifar100   # both columns
     python collect_results.py --models vgg16 resnet34 densenet100 resnet20 resnet56 --tuned
 
-``--tuned`` collects the results of ``detect_oods.py --tune`` instead: per backbone, every method's near, far and
-mean AUROC at the defaults and tuned on the validation split, and which method is first in each
-(results/tuned_table.md and .csv).
+With several ``--ind`` sets the paper table puts them side by side, as the paper's two columns (the other CIFAR
+set is one row, "other CIFAR"). ``--tuned`` collects the results of ``detect_oods.py --tune`` instead: per
+backbone, every method's near, far and mean AUROC at the defaults and tuned on the validation split, and for each
+column the first method with its margin over the runner-up and over the best method that is not
+layer-adaptive, each with its 95% paired-bootstrap interval, "tied" where an interval holds 0, and the first
+method's largest shortfall on one set with its interval (results/tuned_table.md and .csv).
 
 For each model it takes the newest detection results of the given data tag and detector tag under
 ``--runs-root`` (one checkpoint per model: pass --run to choose), and writes results/paper_table.md and
@@ -19,11 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from models import list_models
+from utils.bootstrap import Draws, margin_text, shortfalls
 from utils.runtime import run_script
 from utils.features import load_features
 from utils.io import format_table, read_json, write_csv, write_text
-from utils.paths import OVERVIEW_CSV, RUN_RECORD, SUMMARY_CSV, TUNED_OVERVIEW_CSV, Layout
-from utils.tables import ORACLE, paper_table
+from utils.methods import is_layer_adaptive, list_methods
+from utils.paths import BOOTSTRAP, OVERVIEW_CSV, RUN_RECORD, SUMMARY_CSV, TUNED_BOOTSTRAP, TUNED_OVERVIEW_CSV, Layout
+from utils.sets import IND_SETS
+from utils.tables import ORACLE, margin_rows, paper_table
 
 log = logging.getLogger("collect_results")
 COLUMNS = {"auroc": "AUROC", "fpr95_ood": "FPR95 (OOD positive, original code)",
@@ -35,12 +42,14 @@ def get_args_parser():
     parser = argparse.ArgumentParser("LA-OOD: collect the paper-style table", add_help=True)
     parser.add_argument("--models", nargs="+", choices=list_models(), default=["vgg16", "resnet34", "densenet100"],
                         help="backbones, one row group each")
-    parser.add_argument("--ind", default="cifar10", help="in-distribution set of the runs")
+    parser.add_argument("--ind", nargs="+", default=["cifar10"], metavar="SET",
+                        help="in-distribution set(s) of the runs; several: side by side")
     parser.add_argument("--data-tag", default="trainall-testall-ood10000-seed0", help="data tag of the runs")
     parser.add_argument("--detector-tag", default="ocsvm-cal5000-seed0",
                         help="detector tag of the results (a calibrated one, for LA-OOD tail + Energy)")
-    parser.add_argument("--run", action="append", default=[], metavar="MODEL=RESULTS_DIR",
-                        help="use this results directory for MODEL instead of searching; repeatable")
+    parser.add_argument("--run", action="append", default=[], metavar="[IND:]MODEL=RESULTS_DIR",
+                        help="use this results directory for MODEL (on IND; default the first --ind) instead of "
+                             "searching; repeatable")
     parser.add_argument("--runs-root", type=Path, default=Layout.runs_root, help="root of the runs")
     parser.add_argument("--out-root", type=Path, default=Layout.collected_root, help="where the table goes")
     parser.add_argument("--tuned", action="store_true",
@@ -48,11 +57,14 @@ def get_args_parser():
     return parser
 
 
-def find_results(args, model: str):
-    chosen = dict(spec.split("=", 1) for spec in args.run)
-    if model in chosen:
-        return Path(chosen[model])
-    runs = Layout(runs_root=args.runs_root).runs_of(args.ind, model, args.data_tag)    # float32 runs only
+def find_results(args, model: str, ind: str):
+    chosen = {}
+    for spec in args.run:
+        key, path = spec.split("=", 1)
+        chosen[key if ":" in key else f"{args.ind[0]}:{key}"] = path
+    if f"{ind}:{model}" in chosen:
+        return Path(chosen[f"{ind}:{model}"])
+    runs = Layout(runs_root=args.runs_root).runs_of(ind, model, args.data_tag)    # float32 runs only
     found = [r for r in (Layout.results(run, args.detector_tag, tuned=args.tuned) for run in runs)
              if (r / SUMMARY_CSV).exists()]
     return max(found, key=lambda r: (r / SUMMARY_CSV).stat().st_mtime) if found else None
@@ -69,45 +81,64 @@ def _f(value) -> float:
 
 
 def _layer_adaptive(method: str) -> bool:
-    return method.startswith("LA-OOD") or method == "early exit"
+    return is_layer_adaptive(method) if method in list_methods() else method.startswith("LA-OOD")
+
+
+def _runs(args):
+    """``(label, ind, model)`` of every backbone and in-distribution set asked for (the label names the set only
+    when there are several)."""
+    return [(model if len(args.ind) == 1 else f"{model} ({ind})", ind, model) for ind in args.ind
+            for model in args.models]
+
+
+def order_rows(label: str, which: str, draws: Draws, near) -> list:
+    """The first in near and far of one table with its margins, ties and largest per-set shortfall (intervals
+    from the paired bootstrap ``draws``)."""
+    rows = []
+    for r in margin_rows(draws, near, lambda m: not _layer_adaptive(m)):
+        if r["column"] not in ("near", "far"):
+            continue
+        fall = shortfalls(draws, r["first"], draws.methods)
+        worst = max(fall, key=lambda x: fall[x].value)
+        rows.append({"model": label, "table": which, "mean": r["column"],
+                     "first": r["first"] if r["order"] == "first" else f"tied: {r['first']}; {r['tied with']}",
+                     "auroc": r["auroc"], "runner-up": r["runner-up"],
+                     "margin [95%]": margin_text(r["margin"], r["margin low"], r["margin high"]),
+                     "best other method": r["best rival"],
+                     "its margin [95%]": margin_text(r["rival margin"], r["rival low"], r["rival high"]),
+                     "largest shortfall on a set": f"{worst} {fall[worst].text()}"})
+    return rows
 
 
 def tuned_tables(args):
-    """Near, far and mean AUROC of every method at the defaults and tuned, per backbone, and the first in each."""
+    """Near, far and mean AUROC of every method at the defaults and tuned, per backbone, and the first in each with
+    its margins and their intervals (or the methods tied with it)."""
     rows, firsts = [], []
-    for model in args.models:
-        results = find_results(args, model)
+    for label, ind, model in _runs(args):
+        results = find_results(args, model, ind)
         if results is None or not (results / TUNED_OVERVIEW_CSV).exists():
-            log.info(f"{model}: no results of detect_oods.py --tune under {args.runs_root}")
+            log.info(f"{label}: no results of detect_oods.py --tune under {args.runs_root}")
             continue
+        near = (read_json(results / RUN_RECORD) or {}).get("near", [])
         tables = {which: {r["method"]: r for r in csv.DictReader(open(results / name))}
                   for which, name in (("defaults", OVERVIEW_CSV), ("tuned", TUNED_OVERVIEW_CSV))}
         for method in tables["defaults"]:
             if method == ORACLE:
                 continue
-            rows.append({"model": model, "method": method,
+            rows.append({"model": label, "method": method,
                          **{f"{k} ({which})": _f(tables[which][method][k]) for which in tables
                             for k in ("near", "far", "mean")}})
-        for which, table in tables.items():
-            methods = [m for m in table if m != ORACLE]
-            sets = [k for k in table[methods[0]] if k not in ("method", "near", "far", "mean")]
-            for k in ("near", "far"):
-                if table[methods[0]][k] in ("", None):      # no set of that kind in the run
-                    continue
-                best = max(methods, key=lambda m: float(table[m][k]))
-                other = max((m for m in methods if not _layer_adaptive(m)), key=lambda m: float(table[m][k]))
-                # The first method's largest shortfall on one set against that set's best method.
-                gap = lambda pool: max(max(float(table[m][x]) for m in pool) - float(table[best][x])  # noqa: E731
-                                       for x in sets)
-                rivals = [m for m in methods if not _layer_adaptive(m)]
-                firsts.append({"model": model, "table": which, "mean": k, "first": best, "auroc": float(table[best][k]),
-                               "largest shortfall on a set": gap(methods),
-                               "... against the other methods": gap(rivals) if _layer_adaptive(best) else gap(methods),
-                               "first other method": other, "its auroc": float(table[other][k])})
+        for which, npz in (("defaults", BOOTSTRAP), ("tuned", TUNED_BOOTSTRAP)):
+            if (results / npz).exists():
+                firsts += order_rows(label, which, Draws.load(results / npz), near)
+            else:
+                log.info(f"{label}: no {npz} in {results}; rerun detect_oods.py --tune for the margins' intervals")
     if not rows:
         raise FileNotFoundError(f"no results of detect_oods.py --tune under {args.runs_root}")
     layout = Layout(collected_root=args.out_root)
     write_csv(layout.collected_root / "tuned_table.csv", rows)
+    if firsts:
+        write_csv(layout.collected_root / "tuned_order.csv", firsts)
     text = ((format_table(firsts) if firsts else "") + "\n" + near_far_grid(rows, "tuned") + "\n"
             + format_table(rows))
     write_text(layout.collected_root / "tuned_table.md", text)
@@ -139,30 +170,47 @@ def near_far_grid(rows, which: str) -> str:
 def main(args):
     if args.tuned:
         return tuned_tables(args)
-    runs, lines = {}, []
-    for model in args.models:
-        results = find_results(args, model)
+    per_ind, lines = {ind: {} for ind in args.ind}, []
+    for label, ind, model in _runs(args):
+        results = find_results(args, model, ind)
         if results is None:
-            log.info(f"{model}: no results {args.data_tag}/results/{args.detector_tag} under {args.runs_root}; "
-                     f"run run_pipeline.py --model {model} --calibration-size 5000 first")
+            log.info(f"{label}: no results {args.data_tag}/results/{args.detector_tag} under {args.runs_root}; "
+                     f"run run_pipeline.py --model {model} --ind {ind} --calibration-size 5000 first")
             continue
         record = read_json(results / RUN_RECORD) or {}
         test = load_features(Path(record.get("features", results.parent.parent)), "test")
         acc = 100 * float((np.asarray(test["logits"]).argmax(1) == test["labels"]).mean())
         norm = (record.get("normalization") or {}).get("name", "imagenet")
-        lines.append(f"- {model}: {acc:.2f}% test accuracy on {len(test['labels'])} {args.ind} test images "
+        lines.append(f"- {model}: {acc:.2f}% test accuracy on {len(test['labels'])} {ind} test images "
                      f"({norm} normalisation); results {results}")
         variants = {n: v.split(" ")[0] for n, v in record.get("variants", {}).items()}
-        runs[model] = (read_summary(results / SUMMARY_CSV), variants)
-    if not runs:
+        per_ind[ind][model] = (read_summary(results / SUMMARY_CSV), variants)
+    if not any(per_ind.values()):
         raise FileNotFoundError(f"no results to collect under {args.runs_root}")
-    rows = [{("model" if k == "model" else "OOD set" if k == "ood" else COLUMNS[k]): v for k, v in r.items()}
-            for r in paper_table(runs)]
+    if len(args.ind) == 1:
+        rows = [{("model" if k == "model" else "OOD set" if k == "ood" else COLUMNS[k]): v for k, v in r.items()}
+                for r in paper_table(per_ind[args.ind[0]])]
+    else:
+        rows = side_by_side({ind: paper_table(runs) for ind, runs in per_ind.items() if runs})
     write_csv(Layout(collected_root=args.out_root).paper_table("csv"), rows)
     text = "\n".join(lines) + "\n\n" + format_table(rows)
     write_text(Layout(collected_root=args.out_root).paper_table("md"), text)
     print(text)
     return rows
+
+
+def side_by_side(tables) -> list:
+    """The paper's two columns: a row per backbone and OOD set, LA-OOD's AUROC and FPR95 (ID positive) and LA-OOD
+    tail + Energy's AUROC on each in-distribution set; the other CIFAR set of each is one row ("other CIFAR")."""
+    rows = {}
+    for ind, table in tables.items():
+        for r in table:
+            name = r["ood"].split(" ")[0]
+            key = (r["model"], "other CIFAR" if name in IND_SETS else r["ood"])
+            row = rows.setdefault(key, {"model": key[0], "OOD set": key[1]})
+            row.update({f"{ind}: LA-OOD AUROC": r["auroc"], f"{ind}: LA-OOD FPR95": r["fpr95_ind"],
+                        f"{ind}: tail + Energy AUROC": r["tail_energy_auroc"]})
+    return list(rows.values())
 
 
 if __name__ == "__main__":

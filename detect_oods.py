@@ -4,14 +4,15 @@
 """
 import argparse
 
-from utils.cli import add_data_args, add_detector_args, add_method_args, add_model_args, detect_config, layout
+from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, detect_config, layout,
+                       results_dir)
 from utils.cluster import dask_cluster
 from utils.locate import la_ood, locate_run
 from utils.runtime import run_script
-from utils.detection import detect, repeat_over_seeds
+from utils.detection import detect, repeat_over_seeds, repeat_over_splits
 from utils.generate import generated_sets
 from utils.io import format_table
-from utils.paths import MANIFEST, SUMMARY_MD, Layout
+from utils.paths import MANIFEST, SPREAD_MD, SUMMARY_MD, Layout
 
 
 def get_args_parser():
@@ -41,9 +42,14 @@ def main(args):
         print(format_table(rows))
         return rows
     la = la_ood(args, arch, run)
+    out = results_dir(args, run, la.tag)
     with dask_cluster(args):
+        if args.tune_seeds and len(args.tune_seeds) > 1:
+            rows = repeat_over_splits(run, Layout.detectors(run, la.tag), names, args.tune_seeds, config)
+            print((out / SPREAD_MD).read_text())
+            return rows
         summary = detect(run, Layout.detectors(run, la.tag), names, config)
-    print((Layout.results(run, la.tag, tuned=args.tune) / SUMMARY_MD).read_text())
+    print((out / SUMMARY_MD).read_text())
     return summary
 
 

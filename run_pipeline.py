@@ -9,16 +9,16 @@ import argparse
 import time
 
 from utils.cli import (add_data_args, add_detector_args, add_method_args, add_model_args, add_set_args, data_config,
-                       add_producer_args, detect_config, layout, positive_int)
+                       add_producer_args, detect_config, layout, positive_int, results_dir)
 from utils.cluster import dask_cluster
 from utils.locate import la_ood
 from utils.runtime import resolve_device, run_script
 from utils.sets import parse_extra
-from utils.detection import detect
+from utils.detection import detect, repeat_over_splits
 from utils.features import chosen_producers, open_backbone, save_features, save_nac_stages
 from utils.fitting import train_detectors
 from utils.generate import generate
-from utils.paths import IND_SPLITS, SUMMARY_MD, Layout
+from utils.paths import IND_SPLITS, SPREAD_MD, SUMMARY_MD
 
 QUICK = {"max_train": 10000, "max_test": 2000, "max_ood": 2000}
 
@@ -63,11 +63,15 @@ def main(args):
     with dask_cluster(args):
         det_dir = train_detectors(run, la)
         timings["detectors_s"], t = time.time() - t, time.time()
-        summary = detect(run, det_dir, oods, detect_config(args, stage_seconds=timings))
+        config = detect_config(args, stage_seconds=timings)
+        if args.tune_seeds and len(args.tune_seeds) > 1:
+            summary = repeat_over_splits(run, det_dir, oods, args.tune_seeds, config)
+        else:
+            summary = detect(run, det_dir, oods, config)
     timings["detect_s"] = time.time() - t
     print(f"\n{model.arch} on {args.ind} ({sha[:8]}), {cfg.tag}, detector {la.detector}\n")
-    out = Layout.results(run, la.tag, tuned=args.tune)
-    print((out / SUMMARY_MD).read_text())
+    out = results_dir(args, run, la.tag)
+    print((out / (SPREAD_MD if args.tune_seeds and len(args.tune_seeds) > 1 else SUMMARY_MD)).read_text())
     print("stage seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in timings.items()) + f"; results in {out}")
     return summary
 

@@ -143,6 +143,20 @@ def test_tune_searches_on_the_validation_split_only_and_evaluates_the_rest(toy, 
     default = {r["method"]: r for r in csv.DictReader(open(res / "overview.csv"))}
     assert tuned["LA-OOD"] == default["LA-OOD"] and tuned["MSP"] == default["MSP"]   # nothing to tune
     assert "Tuned on the validation split" in (res / "summary.md").read_text()
+    # Both tables carry a paired bootstrap whose point estimates are their AUROCs, and the order it gives.
+    from utils.bootstrap import Draws
+    for npz, overview, margins in (("bootstrap.npz", default, "margins.csv"), ("tuned_bootstrap.npz", tuned,
+                                                                             "tuned_margins.csv")):
+        draws = Draws.load(res / npz)
+        assert draws.draws.shape == (len(draws.methods), 3, 1000) and set(draws.sets) == {"noise", "svhn", "pure_color"}
+        for m in draws.methods:
+            for s in draws.sets:
+                assert draws.column(m, [s])[0] == pytest.approx(float(overview[m][s]))
+        order = {r["column"]: r for r in csv.DictReader(open(res / margins))}
+        assert set(order) == {"noise", "svhn", "pure_color", "far", "mean"}
+        best = max(draws.methods, key=lambda m: float(overview[m]["far"]))
+        assert float(overview[order["far"]["first"]]["far"]) == float(overview[best]["far"])
+        assert (order["far"]["order"] == "tied") == bool(order["far"]["tied with"])
     # collect_results.py --tuned gathers both tables.
     import collect_results
     rows = collect_results.main(collect_results.get_args_parser().parse_args(
@@ -151,6 +165,51 @@ def test_tune_searches_on_the_validation_split_only_and_evaluates_the_rest(toy, 
     assert by_method["MSP"]["far (defaults)"] == by_method["MSP"]["far (tuned)"] and np.isnan(by_method["MSP"]["near (tuned)"])
     assert by_method["KNN"]["far (tuned)"] == pytest.approx(float(tuned["KNN"]["far"]))
     assert (toy["root"] / "collected" / "tuned_table.md").exists()
+    order = list(csv.DictReader(open(toy["root"] / "collected" / "tuned_order.csv")))
+    assert [(r["table"], r["mean"]) for r in order] == [("defaults", "far"), ("tuned", "far")]
+    for r in order:          # the first is the largest far mean, or a tie that names it first
+        table = default if r["table"] == "defaults" else tuned
+        top = max(float(v["far"]) for m, v in table.items() if m != "best layer (oracle)")
+        assert float(r["auroc"]) == pytest.approx(top)
+        if float(r["margin [95%]"].split("[")[1].split(",")[0]) <= 0:     # the runner-up's interval holds 0
+            assert r["first"].startswith("tied: ") and r["runner-up"] in r["first"]
+
+
+def test_the_paper_table_puts_two_in_distribution_sets_side_by_side(toy):
+    import collect_results
+    res = toy["run"] / "results" / toy["det"].name
+    rows = collect_results.main(collect_results.get_args_parser().parse_args(
+        ["--models", "resnet20", "--ind", "toy", "copy", "--run", f"toy:resnet20={res}", "--run",
+         f"copy:resnet20={res}", "--out-root", str(toy["root"] / "collected")]))
+    summary = {(r["ood"], r["method"]): r for r in csv.DictReader(open(res / "summary.csv"))}
+    assert [r["OOD set"] for r in rows] == ["svhn", "pure_color", "noise"]
+    for r in rows:
+        la = summary[r["OOD set"], "LA-OOD"]
+        assert r["toy: LA-OOD AUROC"] == r["copy: LA-OOD AUROC"] == pytest.approx(float(la["auroc"]))
+        assert r["toy: tail + Energy AUROC"] == pytest.approx(float(summary[r["OOD set"], "LA-OOD tail + Energy"]["auroc"]))
+
+
+def test_tune_seeds_repeat_the_tuned_tables_over_validation_splits(toy):
+    import json
+    detect_oods.main(detect_oods.get_args_parser().parse_args(
+        toy["model"] + toy["detectors"] + ["--tune-seeds", "0", "1", "--tune-ood", "noise", "--tune-size", "6",
+                                           "--resamples", "50"]))
+    results = toy["run"] / "results"
+    per_split = {0: results / f"{toy['det'].name}-tuned", 1: results / f"{toy['det'].name}-tuned-split1"}
+    records = {s: json.loads((d / "run.json").read_text()) for s, d in per_split.items()}
+    assert [records[s]["validation"]["seed"] for s in (0, 1)] == [0, 1]
+    spread = results / f"{toy['det'].name}-tuned-splits0-1"
+    choices = json.loads((spread / "tuning.json").read_text())["chosen per split"]
+    assert set(choices) == {"0", "1"}
+    for s, d in per_split.items():
+        assert choices[str(s)] == records[s]["tuned"]
+    rows = {(r["table"], r["method"]): r for r in csv.DictReader(open(spread / "spread.csv"))}
+    tuned = {s: {r["method"]: r for r in csv.DictReader(open(d / "tuned_overview.csv"))} for s, d in per_split.items()}
+    for method in ("KNN", "LA-OOD tail + Energy"):
+        values = [float(tuned[s][method]["far"]) for s in (0, 1)]
+        assert float(rows["tuned", method]["far"]) == pytest.approx(np.mean(values))
+        assert float(rows["tuned", method]["far sd"]) == pytest.approx(np.std(values, ddof=1))
+    assert "mean ± sd over validation splits 0, 1" in (spread / "spread.md").read_text()
 
 
 def test_the_near_far_grid_marks_each_backbones_best():

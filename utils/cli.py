@@ -5,6 +5,7 @@ from pathlib import Path
 
 from models import list_models, parse_normalization
 
+from .bootstrap import RESAMPLES
 from .sets import IND_SETS, NEAR_OODS, OOD_SETS, check_name
 from .detectors import LAOOD
 from .detectors.ensemble import FLAGS
@@ -21,6 +22,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {text}")
     return value
 
 
@@ -217,10 +225,21 @@ def train_config(args, recipe: dict) -> TrainConfig:
         keep_best=args.keep_best, compile=args.compile, max_batches=args.max_batches)
 
 
+def results_dir(args, run: Path, tag: str) -> Path:
+    """Where detection with these flags writes its tables (one validation split's, or their spread over several)."""
+    splits = args.tune_seeds or []
+    if len(splits) > 1:
+        return Layout.split_spread(run, tag, splits)
+    split = splits[0] if splits and splits[0] != args.seed else None
+    return Layout.results(run, tag, tuned=args.tune or bool(splits), split=split)
+
+
 def detect_config(args, **record) -> DetectConfig:
     """The detection settings of the method and detector flags."""
-    return DetectConfig(seed=args.seed, methods=args.methods, tune=args.tune, validation_ood=args.tune_ood,
-                        validation_size=args.tune_size, near=args.near,
+    splits = args.tune_seeds or []
+    return DetectConfig(seed=args.seed, methods=args.methods, tune=args.tune or bool(splits),
+                        tune_seed=splits[0] if len(splits) == 1 else None, resamples=args.resamples,
+                        validation_ood=args.tune_ood, validation_size=args.tune_size, near=args.near,
                         exit_threshold=args.exit_threshold, exit_k=args.exit_k, n_jobs=args.n_jobs,
                         backend="dask" if (args.dask_scheduler or args.dask_local) else None,
                         score_device=args.score_device, record=record)
@@ -236,6 +255,13 @@ def add_method_args(parser: argparse.ArgumentParser) -> None:
                              f"{VALIDATION_OOD} images out for validation, choose every method's "
                              "hyperparameters on them from its grid, and write the tables at the defaults and tuned, "
                              "both on the remaining images, to results/<detectors>-tuned")
+    parser.add_argument("--tune-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="--tune with the validation split drawn with this seed (default: --seed); several seeds "
+                             "repeat the tuned tables over each split and add their mean and standard deviation "
+                             "(results/<detectors>-tuned-splits<A-B-C>); implies --tune")
+    parser.add_argument("--resamples", type=non_negative_int, default=RESAMPLES, metavar="N",
+                        help=f"paired bootstrap draws behind each table's margins and their 95%% intervals (default "
+                             f"{RESAMPLES:,}; 0: no intervals)")
     parser.add_argument("--tune-ood", default=VALIDATION_OOD, metavar="SET",
                         help=f"--tune: the OOD set whose images are held out for validation (default {VALIDATION_OOD}, "
                              "as OpenOOD v1.5); it is evaluated on its other images")

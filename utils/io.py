@@ -110,6 +110,19 @@ def write_csv(path, rows: List[Dict[str, Any]]) -> None:
     write_text(path, buf.getvalue())
 
 
+def read_csv(path) -> List[Dict[str, Any]]:
+    """Rows of a CSV written by :func:`write_csv`: numbers as floats, empty cells as None, other text as is."""
+    def value(v):
+        if v in ("", None):
+            return None
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    with open(path, newline="") as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 def sha256_file(path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -27,6 +27,8 @@ SUMMARY_CSV, SUMMARY_MD, RUN_RECORD, EARLY_EXIT = "summary.csv", "summary.md", "
 OVERVIEW_CSV = "overview.csv"     # AUROC per method and set, with near, far and mean
 TUNED_SUMMARY_CSV, TUNED_OVERVIEW_CSV, TUNING_JSON = "tuned_summary.csv", "tuned_overview.csv", "tuning.json"
 SPREAD_CSV, SPREAD_MD = "spread.csv", "spread.md"
+BOOTSTRAP, TUNED_BOOTSTRAP = "bootstrap.npz", "tuned_bootstrap.npz"   # every method's AUROC per set and draw
+MARGINS_CSV, TUNED_MARGINS_CSV = "margins.csv", "tuned_margins.csv"   # the first per column, its margins, ties
 PER_LAYER_PLOT, ARGMAX_PLOT, HISTOGRAM_PLOT = "per_layer_auroc.png", "argmax_counts.png", "histograms.png"
 # Files of a training run.
 FINAL, STATE, BEST, TRAIN_LOG = "final.pt", "state.pt", "best.pt", "log.csv"
@@ -121,7 +123,15 @@ class Layout:
         return Path(run) / "detectors" / tag
 
     @staticmethod
-    def results(run: Path, tag: str, tuned: bool = False) -> Path:
+    def results(run: Path, tag: str, tuned: bool = False, split: Optional[int] = None) -> Path:
         """The tables of the detectors ``tag``; ``tuned``: those of a run with a validation split held out
-        (``detect_oods.py --tune``), which evaluates fewer images and so lives apart."""
-        return Path(run) / "results" / (f"{tag}-tuned" if tuned else tag)
+        (``detect_oods.py --tune``), which evaluates fewer images and so lives apart; ``split``: the seed of
+        that split where it is not the detectors' seed (``--tune-seeds``)."""
+        if not tuned:
+            return Path(run) / "results" / tag
+        return Path(run) / "results" / (f"{tag}-tuned" + (f"-split{split}" if split is not None else ""))
+
+    @staticmethod
+    def split_spread(run: Path, tag: str, splits: Sequence[int]) -> Path:
+        """The tuned tables repeated over several validation splits: their mean and standard deviation."""
+        return Path(run) / "results" / f"{tag}-tuned-splits{'-'.join(map(str, splits))}"

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .bootstrap import Draws, margin_text, rank_column
 from .sets import NEAR_OODS, OOD_SETS
 from .metrics import METRICS, ood_metrics
 
@@ -75,6 +76,31 @@ def spread_over_seeds(per_seed: Dict[int, List[Dict]]) -> List[Dict]:
     return out
 
 
+def spread_over_splits(per_split: Dict[int, List[Dict]]) -> List[Dict]:
+    """Mean and sample standard deviation over validation splits of every column of an overview (the AUROC per
+    set, near, far, mean), per method: ``{"method", "splits", col: mean, col + " sd": sd}``."""
+    groups: Dict[str, List[Dict]] = {}
+    for rows in per_split.values():
+        for r in rows:
+            groups.setdefault(r["method"], []).append(r)
+    out = []
+    for method, rows in groups.items():
+        row = {"method": method, "splits": len(rows)}
+        for col in (k for k in rows[0] if k != "method"):
+            values = np.array([r[col] for r in rows if r.get(col) is not None], dtype=float)
+            if len(values):
+                row[col] = float(values.mean())
+                row[f"{col} sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out.append(row)
+    return out
+
+
+def mean_sd_table(rows: List[Dict], columns: Sequence[str]) -> List[Dict]:
+    """Rows of :func:`spread_over_splits` as text cells "mean +- sd" (for markdown)."""
+    return [{"method": r["method"], **{c: f"{r[c]:.2f} ± {r[c + ' sd']:.2f}" for c in columns if c in r}}
+            for r in rows]
+
+
 PAPER_SETS = OOD_SETS
 
 
@@ -115,3 +141,37 @@ def overview(summary: List[Dict], near: Sequence[str] = NEAR_OODS, metric: str =
         row["mean"] = float(np.mean(list(values.values())))
         rows.append(row)
     return rows
+
+
+def margin_rows(draws: Draws, near: Sequence[str], is_rival, candidates: Optional[Sequence[str]] = None) -> List[Dict]:
+    """One row per column (each OOD set, near, far, mean): the first method, its margin over the runner-up and over
+    the best rival (``is_rival``: the methods that are not layer-adaptive) with their 95% intervals, and the
+    methods tied with it (a difference whose interval holds 0); ``order`` says "first" or "tied"."""
+    candidates = list(candidates or draws.methods)
+    rows = []
+    for column, sets in draws.columns(near).items():
+        top = rank_column(draws, sets, candidates, is_rival)
+        margin, rival = top["margin"], top["rival margin"]
+        rows.append({"column": column, "first": top["first"], "auroc": top["auroc"],
+                     "order": "tied" if top["tied"] else "first", "tied with": "; ".join(top["tied"]),
+                     "runner-up": top["runner-up"], "margin": margin and margin.value,
+                     "margin low": margin and margin.low, "margin high": margin and margin.high,
+                     "best rival": top["best rival"], "rival margin": rival and rival.value,
+                     "rival low": rival and rival.low, "rival high": rival and rival.high})
+    return rows
+
+
+def order_text(rows: List[Dict]) -> str:
+    """Markdown lines, one per column of :func:`margin_rows`: the first (or the tied methods) with the margins."""
+    lines = []
+    for r in rows:
+        head = (f"tied: {r['first']}, {r['tied with'].replace('; ', ', ')}" if r["order"] == "tied"
+                else f"first: {r['first']}")
+        parts = [f"- {r['column']}: {head} ({r['auroc']:.2f})"]
+        if r["runner-up"] is not None:
+            parts.append(f"over {r['runner-up']} {margin_text(r['margin'], r['margin low'], r['margin high'])}")
+        if r["rival margin"] is not None:
+            parts.append(f"over the best other method, {r['best rival']}, "
+                         f"{margin_text(r['rival margin'], r['rival low'], r['rival high'])}")
+        lines.append("; ".join(parts))
+    return "\n".join(lines) + "\n"

@@ -32,7 +32,8 @@ monotone map).
 from typing import List
 
 from . import activations, distance, logits, multilayer  # noqa: F401  (registering)
-from .base import HELD, NEEDS, Inputs, Method, Rows, _METHODS, get_method, register, register_method, score_methods
+from .base import (HELD, NEEDS, Inputs, Method, Rows, _METHODS, get_method, is_layer_adaptive, register, register_method,
+                   score_methods)
 from .base import standardise_on, take
 from .blocks import KNN, Mahalanobis, ViM, ash_s, dice_weight, energy, gen, linear, msp, react_threshold, vim_dim
 from .layer_adaptive import PAIRED, TAIL_BASES, VALIDATED, register_paired_tail, register_tail, register_validated_tail
@@ -55,6 +56,6 @@ def list_methods() -> List[str]:
     return [m for m in TABLE_ORDER if m in _METHODS] + [m for m in _METHODS if m not in TABLE_ORDER]
 
 
-__all__ = ["HELD", "NEEDS", "TABLE_ORDER", "Inputs", "Method", "Rows", "get_method", "list_methods", "register",
+__all__ = ["HELD", "NEEDS", "TABLE_ORDER", "Inputs", "Method", "Rows", "get_method", "is_layer_adaptive", "list_methods", "register",
            "register_method", "register_tail", "score_methods", "standardise_on", "take", "KNN", "Mahalanobis",
            "ViM", "ash_s", "dice_weight", "energy", "gen", "linear", "msp", "react_threshold", "vim_dim"]

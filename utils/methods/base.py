@@ -180,6 +180,12 @@ def get_method(name: str) -> Method:
     return _METHODS[name]
 
 
+def is_layer_adaptive(name: str) -> bool:
+    """Whether a registered method reads the per-layer detectors (LA-OOD and its variants); the rankings call
+    the others its rivals."""
+    return "detectors" in get_method(name).needs
+
+
 _HOW = {**{p: f"run save_inter_outputs.py --{p}" for p in list_producers()},
         "nac_stages": "run save_inter_outputs.py --nac-stages", "calibration": "fit the detectors with --calibration-size N",
         "head": "run save_inter_outputs.py again: it saves the classifier head",
