@@ -101,7 +101,8 @@ def order_rows(label: str, which: str, draws: Draws, near) -> list:
         fall = shortfalls(draws, r["first"], draws.methods)
         worst = max(fall, key=lambda x: fall[x].value)
         rows.append({"model": label, "table": which, "mean": r["column"],
-                     "first": r["first"] if r["order"] == "first" else f"tied: {r['first']}; {r['tied with']}",
+                     "first": (r["first"] + (f" (= {r['same as']})" if r["same as"] else "")
+                               + (f"; tied: {r['tied with']}" if r["order"] == "tied" else "")),
                      "auroc": r["auroc"], "runner-up": r["runner-up"],
                      "margin [95%]": margin_text(r["margin"], r["margin low"], r["margin high"]),
                      "best other method": r["best rival"],

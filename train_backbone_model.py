@@ -16,7 +16,7 @@ from models.generic import safe_name
 from utils.cli import (add_data_args, add_normalization_arg, add_train_args, data_config, layout, model_arg,
                        train_config)
 from utils.runtime import resolve_device, run_script
-from utils.engine import (average_state_dicts, distributed, evaluate, fit, load_splits,
+from utils.engine import (average_state_dicts, distributed, evaluate, fit, load_splits, load_test,
                           recompute_batchnorm)
 from utils.io import save_checkpoint
 from utils.paths import FINAL
@@ -53,7 +53,7 @@ def main(args):
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", rank % torch.cuda.device_count())
     if args.eval_only:
-        _, test = load_splits(data_config(args, oods=[]), layout(args))
+        test = load_test(data_config(args, oods=[]), layout(args))
         model = load_model(args.eval_only, args.model, data_config(args).num_classes(), args.normalization).to(device)
         result = evaluate(model, *test, device, amp="off")
         norm = model.normalization

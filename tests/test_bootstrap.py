@@ -62,7 +62,11 @@ def test_identical_scores_give_the_interval_zero_zero():
     d = Draws(list(scores), [p[0] for p in pairs], point, draws)
     for sets in (["a"], ["b"], ["a", "b"]):
         margin = d.margin("x", "copy", sets)
-        assert (margin.value, margin.low, margin.high) == (0, 0, 0) and margin.tied
+        assert (margin.value, margin.low, margin.high) == (0, 0, 0) and margin.tied and margin.same
+    # In a ranking, a method with the same AUROC on every draw is named beside the first, not as its runner-up.
+    top = rank_column(d, ["a", "b"], d.methods, is_rival=lambda m: True)
+    assert {top["first"], *top["same"]} == {"x", "copy"} and top["runner-up"] == "y"
+    assert not d.margin("x", "y", ["a"]).same
 
 
 def test_a_perfect_separator_is_ahead_of_a_method_that_is_not():

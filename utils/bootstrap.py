@@ -102,6 +102,7 @@ class Margin:
     value: float
     low: float
     high: float
+    same: bool = False      # the two AUROCs are equal as measured and on every draw (the same ranking of images)
 
     @property
     def tied(self) -> bool:
@@ -153,26 +154,29 @@ class Draws:
         """``a`` minus ``b`` averaged over ``sets``, with its paired percentile interval."""
         va, da = self.column(a, sets)
         vb, db = self.column(b, sets)
-        return Margin(a, b, va - vb, *interval(da - db, level))
+        return Margin(a, b, va - vb, *interval(da - db, level), same=va == vb and bool(np.all(da == db)))
 
 
 def rank_column(draws: Draws, sets: Sequence[str], candidates: Sequence[str], is_rival: Callable[[str], bool],
                 level: float = LEVEL) -> Dict:
-    """The order at the top of one column: the first method (largest AUROC), its margin over the runner-up and
-    over the best rival (``is_rival``: the methods that are not layer-adaptive), each with its interval, and
-    the methods tied with the first (those whose difference from it has an interval that holds 0)."""
+    """The order at the top of one column: the first method (largest AUROC) and the methods whose AUROCs equal its
+    own on every draw (``same``: they rank the images alike, e.g. a validated base that chose the first's base),
+    its margin over the runner-up (the best of the others) and over the best rival (``is_rival``: the methods
+    that are not layer-adaptive), each with its interval, and the methods tied with it (a difference whose
+    interval holds 0)."""
     value = {m: draws.column(m, sets)[0] for m in candidates}
     ranked = sorted(candidates, key=lambda m: -value[m])
     first = ranked[0]
     margins = {m: draws.margin(first, m, sets, level) for m in ranked[1:]}
-    tied = [m for m in ranked[1:] if margins[m].tied]
-    rivals = [m for m in ranked if is_rival(m)]
-    out = {"first": first, "auroc": value[first], "tied": tied,
-           "runner-up": ranked[1] if len(ranked) > 1 else None,
-           "margin": margins[ranked[1]] if len(ranked) > 1 else None,
-           "best rival": rivals[0] if rivals else None,
-           "rival margin": (margins[rivals[0]] if rivals and rivals[0] != first else None)}
-    return out
+    same = [m for m in ranked[1:] if margins[m].same]
+    others = [m for m in ranked[1:] if not margins[m].same]
+    rivals = [m for m in ranked if is_rival(m) and m not in same]
+    return {"first": first, "auroc": value[first], "same": same,
+            "tied": [m for m in others if margins[m].tied],
+            "runner-up": others[0] if others else None,
+            "margin": margins[others[0]] if others else None,
+            "best rival": rivals[0] if rivals else None,
+            "rival margin": margins[rivals[0]] if rivals and rivals[0] != first else None}
 
 
 def shortfalls(draws: Draws, method: str, candidates: Sequence[str], level: float = LEVEL) -> Dict[str, Margin]:

@@ -200,7 +200,9 @@ _FOLDERS = {
     "cifar10": (["cifar10/{split}", "CIFAR10/{split}"], ["cifar10*.zip", "cifar-10*.zip"],
                 "torchvision.datasets.CIFAR10(root, download=True) or --download"),
     "cifar100": (["cifar100/{split}", "CIFAR100/{split}"], ["cifar100*.zip", "cifar-100*.zip"],
-                 "torchvision.datasets.CIFAR100(root, download=True) or --download"),
+                 "torchvision.datasets.CIFAR100(root, download=True) or --download; offline, rebuild the official "
+                 "train and test splits with cifar100_official.py (docs/stages.md, 'CIFAR-100 offline') and add the "
+                 "folder that holds its cifar100.zip with --source-root"),
     "tiny": (["tiny-imagenet-200/test/images", "tiny-imagenet-200/test", "tiny/test"], ["tiny*.zip"],
              "--download, or the Tiny ImageNet zip from http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzipped or "
              "as it is"),

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -115,6 +115,13 @@ def load_splits(cfg, layout):
     train_x, train_y, _ = load_images(layout, cfg.ind, cfg.tag, "train")
     test_x, test_y, _ = load_images(layout, cfg.ind, cfg.tag, "test")
     return (torch.from_numpy(np.array(train_x)), torch.from_numpy(train_y)), (test_x, test_y)
+
+
+def load_test(cfg, layout):
+    """``(test images, labels)`` of the in-distribution set alone (an evaluation needs no train split)."""
+    generate(replace(cfg, splits=("test",), oods=[]), layout)
+    test_x, test_y, _ = load_images(layout, cfg.ind, cfg.tag, "test")
+    return test_x, test_y
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

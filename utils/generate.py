@@ -36,6 +36,7 @@ class DataConfig:
     ind_path: Optional[Path] = None   # --ind NAME=PATH: a labelled image folder or zip archive
     image_size: int = SIZE
     test_fraction: float = 0.2        # of a folder with one split, held out (seeded, stratified) as the test split
+    splits: Sequence[str] = IND_SPLITS  # the in-distribution splits to make (an evaluation needs only the test split)
 
     @property
     def tag(self) -> str:
@@ -73,7 +74,7 @@ class DataConfig:
 
     def set_names(self) -> List[str]:
         oods = default_oods(self.ind) if self.oods is None else list(self.oods)
-        return list(IND_SPLITS) + oods + list(self.extra or {})
+        return list(self.splits) + oods + list(self.extra or {})
 
 
 def _source_for(cfg: DataConfig, name: str):

@@ -144,15 +144,16 @@ def overview(summary: List[Dict], near: Sequence[str] = NEAR_OODS, metric: str =
 
 
 def margin_rows(draws: Draws, near: Sequence[str], is_rival, candidates: Optional[Sequence[str]] = None) -> List[Dict]:
-    """One row per column (each OOD set, near, far, mean): the first method, its margin over the runner-up and over
-    the best rival (``is_rival``: the methods that are not layer-adaptive) with their 95% intervals, and the
-    methods tied with it (a difference whose interval holds 0); ``order`` says "first" or "tied"."""
+    """One row per column (each OOD set, near, far, mean): the first method and those with the same AUROC on every
+    draw (``same as``), its margin over the runner-up and over the best rival (``is_rival``: the methods that are
+    not layer-adaptive) with their 95% intervals, and the methods tied with it (a difference whose interval holds
+    0); ``order`` says "first" or "tied"."""
     candidates = list(candidates or draws.methods)
     rows = []
     for column, sets in draws.columns(near).items():
         top = rank_column(draws, sets, candidates, is_rival)
         margin, rival = top["margin"], top["rival margin"]
-        rows.append({"column": column, "first": top["first"], "auroc": top["auroc"],
+        rows.append({"column": column, "first": top["first"], "auroc": top["auroc"], "same as": "; ".join(top["same"]),
                      "order": "tied" if top["tied"] else "first", "tied with": "; ".join(top["tied"]),
                      "runner-up": top["runner-up"], "margin": margin and margin.value,
                      "margin low": margin and margin.low, "margin high": margin and margin.high,
@@ -165,8 +166,8 @@ def order_text(rows: List[Dict]) -> str:
     """Markdown lines, one per column of :func:`margin_rows`: the first (or the tied methods) with the margins."""
     lines = []
     for r in rows:
-        head = (f"tied: {r['first']}, {r['tied with'].replace('; ', ', ')}" if r["order"] == "tied"
-                else f"first: {r['first']}")
+        first = r["first"] + (f" (the same scores: {r['same as'].replace('; ', ', ')})" if r["same as"] else "")
+        head = f"tied: {first}, {r['tied with'].replace('; ', ', ')}" if r["order"] == "tied" else f"first: {first}"
         parts = [f"- {r['column']}: {head} ({r['auroc']:.2f})"]
         if r["runner-up"] is not None:
             parts.append(f"over {r['runner-up']} {margin_text(r['margin'], r['margin low'], r['margin high'])}")
