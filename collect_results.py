@@ -107,7 +107,8 @@ def order_rows(label: str, which: str, draws: Draws, near) -> list:
                      "margin [95%]": margin_text(r["margin"], r["margin low"], r["margin high"]),
                      "best other method": r["best rival"],
                      "its margin [95%]": margin_text(r["rival margin"], r["rival low"], r["rival high"]),
-                     "largest shortfall on a set": f"{worst} {fall[worst].text()}"})
+                     "largest shortfall on a set": (f"{worst}, under {fall[worst].a}: {fall[worst].text()}"
+                                                    if fall[worst].value > 0 else "none: the best on every set")})
     return rows
 
 
