@@ -7,8 +7,9 @@
 With several ``--ind`` sets the paper table puts them side by side, as the paper's two columns (the other CIFAR
 set is one row, "other CIFAR"). ``--tuned`` collects the results of ``detect_oods.py --tune`` instead: per
 backbone, every method's near, far and mean AUROC at the defaults and tuned on the validation split, and for each
-column the first method with its margin over the runner-up and over the best method that is not
-layer-adaptive, each with its 95% paired-bootstrap interval, "tied" where an interval holds 0, and the first
+column the first method with its margin over the runner-up and over the best method of the other kind (the
+best method that is not layer-adaptive when a layer-adaptive one is first, the best layer-adaptive one when a
+rival is), each with its 95% paired-bootstrap interval, "tied" where an interval holds 0, and the first
 method's largest shortfall on one set with its interval (results/tuned_table.md and .csv).
 
 For each model it takes the newest detection results of the given data tag and detector tag under
@@ -105,8 +106,8 @@ def order_rows(label: str, which: str, draws: Draws, near) -> list:
                                + (f"; tied: {r['tied with']}" if r["order"] == "tied" else "")),
                      "auroc": r["auroc"], "runner-up": r["runner-up"],
                      "margin [95%]": margin_text(r["margin"], r["margin low"], r["margin high"]),
-                     "best other method": r["best rival"],
-                     "its margin [95%]": margin_text(r["rival margin"], r["rival low"], r["rival high"]),
+                     "best of the other kind": r["best of the other kind"],
+                     "its margin [95%]": margin_text(r["other kind margin"], r["other kind low"], r["other kind high"]),
                      "largest shortfall on a set": (f"{worst}, under {fall[worst].a}: {fall[worst].text()}"
                                                     if fall[worst].value > 0 else "none: the best on every set")})
     return rows

@@ -80,8 +80,11 @@ def test_a_perfect_separator_is_ahead_of_a_method_that_is_not():
     margin = d.margin("perfect", "x", ["a", "b"])
     assert margin.low > 0 and not margin.tied
     top = rank_column(d, ["a", "b"], d.methods, is_rival=lambda m: m != "perfect")
-    assert top["first"] == "perfect" and top["tied"] == [] and top["best rival"] == "x"
-    assert top["rival margin"].low > 0
+    assert top["first"] == "perfect" and top["tied"] == [] and top["contrast"] == "x"
+    assert top["contrast margin"].low > 0
+    # With a rival first, the contrast is the best method of the other kind.
+    top = rank_column(d, ["a", "b"], d.methods, is_rival=lambda m: m == "perfect")
+    assert top["first is a rival"] and top["contrast"] == top["runner-up"]
     assert all(m.value == 0 for m in shortfalls(d, "perfect", d.methods).values())
 
 

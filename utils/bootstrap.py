@@ -161,22 +161,23 @@ def rank_column(draws: Draws, sets: Sequence[str], candidates: Sequence[str], is
                 level: float = LEVEL) -> Dict:
     """The order at the top of one column: the first method (largest AUROC) and the methods whose AUROCs equal its
     own on every draw (``same``: they rank the images alike, e.g. a validated base that chose the first's base),
-    its margin over the runner-up (the best of the others) and over the best rival (``is_rival``: the methods
-    that are not layer-adaptive), each with its interval, and the methods tied with it (a difference whose
-    interval holds 0)."""
+    its margin over the runner-up (the best of the others) and over the best method of the other kind
+    (``contrast``: the best rival, the methods that are not layer-adaptive by ``is_rival``, when a layer-adaptive
+    method is first; the best layer-adaptive method when a rival is), each with its interval, and the methods tied
+    with it (a difference whose interval holds 0)."""
     value = {m: draws.column(m, sets)[0] for m in candidates}
     ranked = sorted(candidates, key=lambda m: -value[m])
     first = ranked[0]
     margins = {m: draws.margin(first, m, sets, level) for m in ranked[1:]}
     same = [m for m in ranked[1:] if margins[m].same]
     others = [m for m in ranked[1:] if not margins[m].same]
-    rivals = [m for m in ranked if is_rival(m) and m not in same]
-    return {"first": first, "auroc": value[first], "same": same,
+    contrast = [m for m in others if is_rival(m) != is_rival(first)]
+    return {"first": first, "auroc": value[first], "same": same, "first is a rival": is_rival(first),
             "tied": [m for m in others if margins[m].tied],
             "runner-up": others[0] if others else None,
             "margin": margins[others[0]] if others else None,
-            "best rival": rivals[0] if rivals else None,
-            "rival margin": margins[rivals[0]] if rivals and rivals[0] != first else None}
+            "contrast": contrast[0] if contrast else None,
+            "contrast margin": margins[contrast[0]] if contrast else None}
 
 
 def shortfalls(draws: Draws, method: str, candidates: Sequence[str], level: float = LEVEL) -> Dict[str, Margin]:

@@ -145,20 +145,22 @@ def overview(summary: List[Dict], near: Sequence[str] = NEAR_OODS, metric: str =
 
 def margin_rows(draws: Draws, near: Sequence[str], is_rival, candidates: Optional[Sequence[str]] = None) -> List[Dict]:
     """One row per column (each OOD set, near, far, mean): the first method and those with the same AUROC on every
-    draw (``same as``), its margin over the runner-up and over the best rival (``is_rival``: the methods that are
-    not layer-adaptive) with their 95% intervals, and the methods tied with it (a difference whose interval holds
+    draw (``same as``), its margin over the runner-up and over the best method of the other kind (the best rival,
+    ``is_rival``: not layer-adaptive, when a layer-adaptive method is first; the best layer-adaptive method when a
+    rival is) with their 95% intervals, and the methods tied with it (a difference whose interval holds
     0); ``order`` says "first" or "tied"."""
     candidates = list(candidates or draws.methods)
     rows = []
     for column, sets in draws.columns(near).items():
         top = rank_column(draws, sets, candidates, is_rival)
-        margin, rival = top["margin"], top["rival margin"]
+        margin, other = top["margin"], top["contrast margin"]
         rows.append({"column": column, "first": top["first"], "auroc": top["auroc"], "same as": "; ".join(top["same"]),
                      "order": "tied" if top["tied"] else "first", "tied with": "; ".join(top["tied"]),
                      "runner-up": top["runner-up"], "margin": margin and margin.value,
                      "margin low": margin and margin.low, "margin high": margin and margin.high,
-                     "best rival": top["best rival"], "rival margin": rival and rival.value,
-                     "rival low": rival and rival.low, "rival high": rival and rival.high})
+                     "first is layer-adaptive": not top["first is a rival"],
+                     "best of the other kind": top["contrast"], "other kind margin": other and other.value,
+                     "other kind low": other and other.low, "other kind high": other and other.high})
     return rows
 
 
@@ -171,8 +173,9 @@ def order_text(rows: List[Dict]) -> str:
         parts = [f"- {r['column']}: {head} ({r['auroc']:.2f})"]
         if r["runner-up"] is not None:
             parts.append(f"over {r['runner-up']} {margin_text(r['margin'], r['margin low'], r['margin high'])}")
-        if r["rival margin"] is not None:
-            parts.append(f"over the best other method, {r['best rival']}, "
-                         f"{margin_text(r['rival margin'], r['rival low'], r['rival high'])}")
+        if r["other kind margin"] is not None:
+            kind = "method that is not layer-adaptive" if r["first is layer-adaptive"] else "layer-adaptive method"
+            parts.append(f"over the best {kind}, {r['best of the other kind']}, "
+                         f"{margin_text(r['other kind margin'], r['other kind low'], r['other kind high'])}")
         lines.append("; ".join(parts))
     return "\n".join(lines) + "\n"
