@@ -69,11 +69,15 @@ def spread_over_seeds(per_seed: Dict[int, List[Dict]]) -> List[Dict]:
     for (ood, method), rows in groups.items():
         row = {"ood": ood, "method": method, "seeds": len(rows)}
         for m in METRICS:
-            values = np.array([r[m] for r in rows], dtype=float)
-            row[f"{m}_mean"] = float(values.mean())
-            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            row[f"{m}_mean"], row[f"{m}_std"] = mean_sd([r[m] for r in rows])
         out.append(row)
     return out
+
+
+def mean_sd(values) -> Tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
 def spread_over_splits(per_split: Dict[int, List[Dict]]) -> List[Dict]:
@@ -87,10 +91,9 @@ def spread_over_splits(per_split: Dict[int, List[Dict]]) -> List[Dict]:
     for method, rows in groups.items():
         row = {"method": method, "splits": len(rows)}
         for col in (k for k in rows[0] if k != "method"):
-            values = np.array([r[col] for r in rows if r.get(col) is not None], dtype=float)
-            if len(values):
-                row[col] = float(values.mean())
-                row[f"{col} sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            values = [r[col] for r in rows if r.get(col) is not None]
+            if values:
+                row[col], row[f"{col} sd"] = mean_sd(values)
         out.append(row)
     return out
 
@@ -143,16 +146,15 @@ def overview(summary: List[Dict], near: Sequence[str] = NEAR_OODS, metric: str =
     return rows
 
 
-def margin_rows(draws: Draws, near: Sequence[str], is_rival, candidates: Optional[Sequence[str]] = None) -> List[Dict]:
+def margin_rows(draws: Draws, near: Sequence[str], is_rival) -> List[Dict]:
     """One row per column (each OOD set, near, far, mean): the first method and those with the same AUROC on every
     draw (``same as``), its margin over the runner-up and over the best method of the other kind (the best rival,
     ``is_rival``: not layer-adaptive, when a layer-adaptive method is first; the best layer-adaptive method when a
     rival is) with their 95% intervals, and the methods tied with it (a difference whose interval holds
     0); ``order`` says "first" or "tied"."""
-    candidates = list(candidates or draws.methods)
     rows = []
     for column, sets in draws.columns(near).items():
-        top = rank_column(draws, sets, candidates, is_rival)
+        top = rank_column(draws, sets, draws.methods, is_rival)
         margin, other = top["margin"], top["contrast margin"]
         rows.append({"column": column, "first": top["first"], "auroc": top["auroc"], "same as": "; ".join(top["same"]),
                      "order": "tied" if top["tied"] else "first", "tied with": "; ".join(top["tied"]),
