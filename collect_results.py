@@ -3,6 +3,7 @@
     python collect_results.py --models vgg16 resnet34 densenet100
     python collect_results.py --models vgg16 resnet34 densenet100 --ind cifar10 cifar100   # both columns
     python collect_results.py --models vgg16 resnet34 densenet100 resnet20 resnet56 --tuned
+    python collect_results.py --models vgg16 resnet34 densenet100 resnet20 resnet56 --every-method
 
 With several ``--ind`` sets the paper table puts them side by side, as the paper's two columns (the other CIFAR
 set is one row, "other CIFAR"). ``--tuned`` collects the results of ``detect_oods.py --tune`` instead: per
@@ -27,11 +28,11 @@ from models import list_models
 from utils.bootstrap import Draws, margin_text, shortfalls
 from utils.runtime import run_script
 from utils.features import load_features
-from utils.io import format_table, read_json, write_csv, write_text
+from utils.io import format_table, read_csv, read_json, write_csv, write_text
 from utils.methods import is_layer_adaptive, list_methods
 from utils.paths import BOOTSTRAP, OVERVIEW_CSV, RUN_RECORD, SUMMARY_CSV, TUNED_BOOTSTRAP, TUNED_OVERVIEW_CSV, Layout
 from utils.sets import IND_SETS
-from utils.tables import ORACLE, margin_rows, paper_table
+from utils.tables import ORACLE, leaders, margin_rows, order_text, paper_table
 
 log = logging.getLogger("collect_results")
 COLUMNS = {"auroc": "AUROC", "fpr95_ood": "FPR95 (OOD positive, original code)",
@@ -55,6 +56,9 @@ def get_args_parser():
     parser.add_argument("--out-root", type=Path, default=Layout.collected_root, help="where the table goes")
     parser.add_argument("--tuned", action="store_true",
                         help="collect the tables of detect_oods.py --tune (at the defaults and tuned) instead")
+    parser.add_argument("--every-method", action="store_true",
+                        help="every method on every set per backbone, the first and the methods tied with it in "
+                             "bold (with --tuned: the tuned table)")
     return parser
 
 
@@ -69,12 +73,6 @@ def find_results(args, model: str, ind: str):
     found = [r for r in (Layout.results(run, args.detector_tag, tuned=args.tuned) for run in runs)
              if (r / SUMMARY_CSV).exists()]
     return max(found, key=lambda r: (r / SUMMARY_CSV).stat().st_mtime) if found else None
-
-
-def read_summary(path: Path):
-    with open(path) as f:
-        return [{k: (float(v) if k not in ("ood", "method", "n") and v not in ("", None) else v)
-                 for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _f(value) -> float:
@@ -92,11 +90,16 @@ def _runs(args):
             for model in args.models]
 
 
-def order_rows(label: str, which: str, draws: Draws, near) -> list:
+def column_order(draws: Draws, near) -> list:
+    """:func:`utils.tables.margin_rows` of one table, rivals being the methods that are not layer-adaptive."""
+    return margin_rows(draws, near, lambda m: not _layer_adaptive(m))
+
+
+def order_rows(label: str, which: str, draws: Draws, near, margins=None) -> list:
     """The first in near and far of one table with its margins, ties and largest per-set shortfall (intervals
-    from the paired bootstrap ``draws``)."""
+    from the paired bootstrap ``draws``; ``margins``: its :func:`column_order`, if already computed)."""
     rows = []
-    for r in margin_rows(draws, near, lambda m: not _layer_adaptive(m)):
+    for r in margins or column_order(draws, near):
         if r["column"] not in ("near", "far"):
             continue
         fall = shortfalls(draws, r["first"], draws.methods)
@@ -116,7 +119,7 @@ def order_rows(label: str, which: str, draws: Draws, near) -> list:
 def tuned_tables(args):
     """Near, far and mean AUROC of every method at the defaults and tuned, per backbone, and the first in each with
     its margins and their intervals (or the methods tied with it)."""
-    rows, firsts = [], []
+    rows, firsts, lead = [], [], {}
     for label, ind, model in _runs(args):
         results = find_results(args, model, ind)
         if results is None or not (results / TUNED_OVERVIEW_CSV).exists():
@@ -133,7 +136,10 @@ def tuned_tables(args):
                             for k in ("near", "far", "mean")}})
         for which, npz in (("defaults", BOOTSTRAP), ("tuned", TUNED_BOOTSTRAP)):
             if (results / npz).exists():
-                firsts += order_rows(label, which, Draws.load(results / npz), near)
+                draws = Draws.load(results / npz)
+                margins = column_order(draws, near)
+                firsts += order_rows(label, which, draws, near, margins)
+                lead.update({(label, which, c): names for c, names in leaders(margins).items()})
             else:
                 log.info(f"{label}: no {npz} in {results}; rerun detect_oods.py --tune for the margins' intervals")
     if not rows:
@@ -142,16 +148,57 @@ def tuned_tables(args):
     write_csv(layout.collected_root / "tuned_table.csv", rows)
     if firsts:
         write_csv(layout.collected_root / "tuned_order.csv", firsts)
-    text = ((format_table(firsts) if firsts else "") + "\n" + near_far_grid(rows, "tuned") + "\n"
+    text = ((format_table(firsts) if firsts else "") + "\n" + near_far_grid(rows, "tuned", lead) + "\n"
             + format_table(rows))
     write_text(layout.collected_root / "tuned_table.md", text)
     print(text)
     return rows
 
 
-def near_far_grid(rows, which: str) -> str:
-    """Markdown: a row per method, a column per backbone, "near / far" AUROC of the ``which`` table, the best of
-    each column's near and far in bold."""
+def every_method_tables(args):
+    """Per backbone, every method's AUROC on every set with the near, far and mean columns (at the defaults on the
+    whole sets; with ``--tuned`` the tuned table of the validation split's run), the first in each column and every
+    method tied with it in bold, the order with its margins below (results/every_method.md and .csv)."""
+    rows, text = [], []
+    for label, ind, model in _runs(args):
+        results = find_results(args, model, ind)
+        names = (TUNED_OVERVIEW_CSV, TUNED_BOOTSTRAP) if args.tuned else (OVERVIEW_CSV, BOOTSTRAP)
+        if results is None or not (results / names[0]).exists():
+            log.info(f"{label}: no {names[0]} under {args.runs_root}")
+            continue
+        near = (read_json(results / RUN_RECORD) or {}).get("near", [])
+        table = list(csv.DictReader(open(results / names[0])))
+        sets = [c for c in table[0] if c not in ("method", "near", "far", "mean")]
+        sets = sorted(sets, key=lambda x: (x not in near, x))
+        margins = column_order(Draws.load(results / names[1]), near) if (results / names[1]).exists() else []
+        lead = leaders(margins)
+        cells = []
+        for r in table:
+            row = {"model": label, "method": r["method"], **{c: _f(r[c]) for c in (*sets, "near", "far", "mean")}}
+            rows.append(row)
+            cells.append({"method": r["method"], **{c: (f"**{row[c]:.2f}**" if r["method"] in lead.get(c, ())
+                                                        else f"{row[c]:.2f}") for c in (*sets, "near", "far", "mean")}})
+        text += [f"### {label}", "", f"{'Tuned' if args.tuned else 'At the defaults'}, AUROC (`{results}`); bold: the "
+                 "first in a column and every method tied with it (the 95% interval of its margin holds 0):", "",
+                 format_table(cells)]
+        if margins:
+            text += ["", order_text(margins)]
+        else:
+            log.info(f"{label}: no {names[1]} in {results}; rerun detect_oods.py for the intervals")
+    if not rows:
+        raise FileNotFoundError(f"no results to collect under {args.runs_root}")
+    layout = Layout(collected_root=args.out_root)
+    write_csv(layout.collected_root / "every_method.csv", rows)
+    write_text(layout.collected_root / "every_method.md", "\n".join(text))
+    print("\n".join(text))
+    return rows
+
+
+def near_far_grid(rows, which: str, lead=None) -> str:
+    """Markdown: a row per method, a column per backbone, "near / far" AUROC of the ``which`` table. Bold: in each
+    backbone's near and far, the first and every method tied with it (``lead``: ``(model, which, column)`` ->
+    methods, from the bootstrap); the largest value alone where a backbone has no bootstrap."""
+    lead = lead or {}
     models = list(dict.fromkeys(r["model"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["model"], r["method"]): r for r in rows}
@@ -162,7 +209,8 @@ def near_far_grid(rows, which: str) -> str:
 
     def fmt(m, x, k):
         v = cell[m, x][f"{k} ({which})"]
-        return f"**{v:.2f}**" if v == best[m, k] else f"{v:.2f}"
+        bold = x in lead[m, which, k] if (m, which, k) in lead else v == best[m, k]
+        return f"**{v:.2f}**" if bold else f"{v:.2f}"
     lines = ["| method | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for x in methods:
         lines.append(f"| {x} | " + " | ".join(f"{fmt(m, x, 'near')} / {fmt(m, x, 'far')}" if (m, x) in cell else ""
@@ -171,6 +219,8 @@ def near_far_grid(rows, which: str) -> str:
 
 
 def main(args):
+    if args.every_method:
+        return every_method_tables(args)
     if args.tuned:
         return tuned_tables(args)
     per_ind, lines = {ind: {} for ind in args.ind}, []
@@ -187,7 +237,7 @@ def main(args):
         lines.append(f"- {model}: {acc:.2f}% test accuracy on {len(test['labels'])} {ind} test images "
                      f"({norm} normalisation); results {results}")
         variants = {n: v.split(" ")[0] for n, v in record.get("variants", {}).items()}
-        per_ind[ind][model] = (read_summary(results / SUMMARY_CSV), variants)
+        per_ind[ind][model] = (read_csv(results / SUMMARY_CSV), variants)
     if not any(per_ind.values()):
         raise FileNotFoundError(f"no results to collect under {args.runs_root}")
     if len(args.ind) == 1:

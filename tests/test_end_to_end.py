@@ -4,6 +4,7 @@ A toy in-distribution set (three classes, each noise around its own colour), a s
 pure colours and a small SVHN file in torchvision's layout; a ResNet-20 trained for a few batches.
 """
 import csv
+import json
 import warnings
 
 import numpy as np
@@ -220,6 +221,39 @@ def test_the_near_far_grid_marks_each_backbones_best():
     assert lines[0] == "| method | vgg16 | resnet20 |"
     assert lines[2] == "| A | 80.00 / **99.00** | **70.00** / **95.00** |"
     assert lines[3] == "| B | **85.00** / 90.00 |  |"
+    # With the bootstrap's leaders every method tied with the first is bold, and a larger value that is not a
+    # leader (impossible from one bootstrap, here to show which rule is followed) is not.
+    lead = {("vgg16", "tuned", "near"): {"A", "B"}, ("vgg16", "tuned", "far"): {"B"}}
+    lines = collect_results.near_far_grid(rows, "tuned", lead).splitlines()
+    assert lines[2] == "| A | **80.00** / 99.00 | **70.00** / **95.00** |"
+    assert lines[3] == "| B | **85.00** / **90.00** |  |"
+
+
+def test_every_method_table_bolds_the_first_and_the_methods_tied_with_it(toy):
+    import collect_results
+    from utils.bootstrap import Draws
+    from utils.tables import margin_rows
+    res = toy["run"] / "results" / toy["det"].name
+    out = toy["root"] / "collected-every"
+    rows = collect_results.main(collect_results.get_args_parser().parse_args(
+        ["--models", "resnet20", "--every-method", "--run", f"resnet20={res}", "--out-root", str(out)]))
+    overview = {r["method"]: r for r in csv.DictReader(open(res / "overview.csv"))}
+    assert {r["method"] for r in rows} == set(overview)
+    for r in rows:
+        assert r["far"] == pytest.approx(float(overview[r["method"]]["far"]))
+    near = json.loads((res / "run.json").read_text())["near"]
+    order = {r["column"]: r for r in margin_rows(Draws.load(res / "bootstrap.npz"), near,
+                                                 lambda m: not m.startswith("LA-OOD"))}
+    text = (out / "every_method.md").read_text()
+    table = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in text.splitlines() if line.startswith("| ")}
+    header = table.pop("method")
+    header[-1] = header[-1].rstrip(" |")
+    far = header.index("far")
+    tied = set(filter(None, order["far"]["tied with"].split("; "))) | set(filter(None, order["far"]["same as"].split("; ")))
+    for method, cells in table.items():
+        bold = cells[far].startswith("**")
+        assert bold == (method == order["far"]["first"] or method in tied), method
+    assert "- far: " in text
 
 
 def test_a_new_producer_is_one_registered_class(toy):

@@ -166,6 +166,13 @@ def margin_rows(draws: Draws, near: Sequence[str], is_rival) -> List[Dict]:
     return rows
 
 
+def leaders(rows: List[Dict]) -> Dict[str, set]:
+    """Per column of :func:`margin_rows`: the methods no other method is ahead of beyond the noise (the first,
+    those with its scores and those tied with it), the ones a table sets in bold."""
+    return {r["column"]: {r["first"], *filter(None, r["same as"].split("; ")), *filter(None, r["tied with"].split("; "))}
+            for r in rows}
+
+
 def order_text(rows: List[Dict]) -> str:
     """Markdown lines, one per column of :func:`margin_rows`: the first (or the tied methods) with the margins."""
     lines = []
