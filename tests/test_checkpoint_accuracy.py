@@ -32,13 +32,15 @@ def test_stated_accuracy_within_a_tenth_of_a_point(cifar10_test, file, arch, nor
     assert abs(acc - stated) <= 0.1, f"{arch}: {acc:.2f}% measured, {stated}% stated"
 
 
-@pytest.mark.parametrize("file,stated", [
-    ("resnet34-cifar10-swa3-fp16.pt", 92.03),      # the results tables': the weight average of three cycle ends
-    ("resnet34-cifar10-2cycles15-fp16.pt", 91.67),  # two one-cycle runs, 15 epochs; the average's first member
-])
-def test_resnet34_trained_here(cifar10_test, file, stated):
+@pytest.mark.parametrize("file,subset,stated", [
+    ("resnet34-cifar10-swa3-fp16.pt", None, 92.03),     # the results tables': the weight average of three cycle ends
+    ("resnet34-cifar10-2cycles15-fp16.pt", 2000, 92.20),  # the average's first member (91.67% on all 10,000), on the
+])                                                       # seeded 2,000 that --max-test 2000 takes, to save CI 3 minutes
+def test_resnet34_trained_here(cifar10_test, file, subset, stated):
     """The ResNet34s trained on this CPU and committed in float16 (checkpoints/README.md): their stated accuracy."""
     images, labels = cifar10_test
+    if subset:
+        images, labels = load_subset(find_source("cifar10", "test", [need(DATA)])[0], subset, seed=0)
     model = load_model(ROOT / "checkpoints" / file, "resnet34", 10)
     assert model.normalization.name == "imagenet"                     # recorded in the file
     acc = evaluate(model, images, labels, torch.device("cpu"), amp="off")["test_acc"]
