@@ -90,6 +90,16 @@ def _runs(args):
             for model in args.models]
 
 
+def publish(args, name: str, rows, text: str) -> list:
+    """Write a collected table: its rows as ``name``.csv and its Markdown as ``name``.md under ``--out-root``, and
+    print the Markdown."""
+    layout = Layout(collected_root=args.out_root)
+    write_csv(layout.collected(name, "csv"), rows)
+    write_text(layout.collected(name, "md"), text)
+    print(text)
+    return rows
+
+
 def column_order(draws: Draws, near) -> list:
     """:func:`utils.tables.margin_rows` of one table, rivals being the methods that are not layer-adaptive."""
     return margin_rows(draws, near, lambda m: not _layer_adaptive(m))
@@ -144,15 +154,11 @@ def tuned_tables(args):
                 log.info(f"{label}: no {npz} in {results}; rerun detect_oods.py --tune for the margins' intervals")
     if not rows:
         raise FileNotFoundError(f"no results of detect_oods.py --tune under {args.runs_root}")
-    layout = Layout(collected_root=args.out_root)
-    write_csv(layout.collected_root / "tuned_table.csv", rows)
     if firsts:
-        write_csv(layout.collected_root / "tuned_order.csv", firsts)
+        write_csv(Layout(collected_root=args.out_root).collected("tuned_order", "csv"), firsts)
     text = ((format_table(firsts) if firsts else "") + "\n" + near_far_grid(rows, "tuned", lead) + "\n"
             + format_table(rows))
-    write_text(layout.collected_root / "tuned_table.md", text)
-    print(text)
-    return rows
+    return publish(args, "tuned_table", rows, text)
 
 
 def every_method_tables(args):
@@ -167,7 +173,7 @@ def every_method_tables(args):
             log.info(f"{label}: no {names[0]} under {args.runs_root}")
             continue
         near = (read_json(results / RUN_RECORD) or {}).get("near", [])
-        table = list(csv.DictReader(open(results / names[0])))
+        table = read_csv(results / names[0])
         sets = [c for c in table[0] if c not in ("method", "near", "far", "mean")]
         sets = sorted(sets, key=lambda x: (x not in near, x))
         margins = column_order(Draws.load(results / names[1]), near) if (results / names[1]).exists() else []
@@ -187,11 +193,7 @@ def every_method_tables(args):
             log.info(f"{label}: no {names[1]} in {results}; rerun detect_oods.py for the intervals")
     if not rows:
         raise FileNotFoundError(f"no results to collect under {args.runs_root}")
-    layout = Layout(collected_root=args.out_root)
-    write_csv(layout.collected_root / "every_method.csv", rows)
-    write_text(layout.collected_root / "every_method.md", "\n".join(text))
-    print("\n".join(text))
-    return rows
+    return publish(args, "every_method", rows, "\n".join(text))
 
 
 def near_far_grid(rows, which: str, lead=None) -> str:
@@ -245,11 +247,7 @@ def main(args):
                 for r in paper_table(per_ind[args.ind[0]])]
     else:
         rows = side_by_side({ind: paper_table(runs) for ind, runs in per_ind.items() if runs})
-    write_csv(Layout(collected_root=args.out_root).paper_table("csv"), rows)
-    text = "\n".join(lines) + "\n\n" + format_table(rows)
-    write_text(Layout(collected_root=args.out_root).paper_table("md"), text)
-    print(text)
-    return rows
+    return publish(args, "paper_table", rows, "\n".join(lines) + "\n\n" + format_table(rows))
 
 
 def side_by_side(tables) -> list:

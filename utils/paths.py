@@ -93,8 +93,9 @@ class Layout:
         """Where ``train_backbone_model.py`` writes its checkpoints and log by default."""
         return Path(self.checkpoints_root) / f"{ind}-{model}-{schedule}"
 
-    def paper_table(self, ext: str) -> Path:
-        return Path(self.collected_root) / f"paper_table.{ext}"
+    def collected(self, name: str, ext: str) -> Path:
+        """A table collect_results.py writes: paper_table, tuned_table, tuned_order, every_method."""
+        return Path(self.collected_root) / f"{name}.{ext}"
 
     @staticmethod
     def features(run: Path, name: str) -> Path:
