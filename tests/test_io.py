@@ -23,6 +23,18 @@ def test_staging_dir_swaps_in_whole_and_keeps_the_old_on_failure(tmp_path):
     assert (final / MANIFEST).exists()
 
 
+def test_a_staged_directory_has_the_permissions_mkdir_gives(tmp_path):
+    """Not mkdtemp's 0700: other users of a shared machine read the runs as they read any directory."""
+    old = os.umask(0o027)
+    try:
+        with StagingDir(tmp_path / "features", {}) as tmp:
+            (tmp / "a.txt").write_text("x")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "features").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o750
+
+
 def test_abandoned_staging_of_dead_processes_is_removed(tmp_path):
     final = tmp_path / "features"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,

@@ -154,6 +154,7 @@ class StagingDir:
         self._remove_abandoned()
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.{os.getpid()}.", suffix=".partial",
                                          dir=self.final.parent))
+        self.tmp.chmod(0o777 & ~_umask())       # as mkdir would make it, not mkdtemp's private 0700
         return self.tmp
 
     def _remove_abandoned(self) -> None:
@@ -176,6 +177,12 @@ class StagingDir:
         os.replace(self.tmp, self.final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _alive(pid: int) -> bool:
