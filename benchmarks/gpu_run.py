@@ -34,8 +34,8 @@ SHARED = ROOT.parent / "shared"
 VGG16 = SHARED / "checkpoints" / "vgg16-cifar10.pt"
 DENSENET = SHARED / "checkpoints" / "densenet100-cifar10-dice.pth.tar"
 FULL = dict(epochs=30, batch_size=512, lr=0.4, max_batches=None, images=4096, repeats=3, sizes=[], oods=None)
-SMOKE = dict(epochs=1, batch_size=32, lr=0.05, max_batches=2, images=64, repeats=1,
-             sizes=["--max-train", "256", "--max-test", "128", "--max-ood", "64"], oods=["dtd"])
+SMOKE = dict(epochs=1, batch_size=16, lr=0.05, max_batches=1, images=32, repeats=1,
+             sizes=["--max-train", "128", "--max-test", "64", "--max-ood", "32"], oods=["dtd"])
 
 
 def get_args_parser():
