@@ -4,7 +4,8 @@
 
 Reads what a full run saved (features, the calibrated detectors, the per-layer scores of every set) and
 prints AUROC per set with near, far and mean, on the same balanced comparisons as ``summary.md``, for
-LA-OOD tail + Energy (which must equal its row there) and each candidate. The candidates and the rule
+LA-OOD tail + Energy (which must equal its row there) and each candidate, then each candidate's margin over
+tail + Energy in near, far and mean with its paired-bootstrap interval. The candidates and the rule
 that picks one were written down, in this file, before any of them was measured; the rule reads VGG16's
 results only, and the pick is then measured once on the other backbones (docs/methods.md):
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.bootstrap import Draws, auroc_draws
 from utils.sets import NEAR_OODS
 from utils.detectors import TAIL_LEVEL
 from utils.features import load_features, load_head
@@ -78,15 +80,22 @@ def main(args):
                  calibration=load_calibration(det_dir), seed=args.seed)
     oods = names[1:]
     scores, summary = candidates(inp), []
-    for name, i_idx, o_idx in comparisons(len(sets["test"]["logits"]), {n: len(sets[n]["logits"]) for n in oods},
-                                          args.seed):
-        if o_idx is not None:   # the combined set is left out of the means
-            summary += [method_row(name, m, len(i_idx), s["test"][i_idx], s[name][o_idx]) for m, s in scores.items()]
+    pairs = [p for p in comparisons(len(sets["test"]["logits"]), {n: len(sets[n]["logits"]) for n in oods}, args.seed)
+             if p[2] is not None]   # the combined set is left out of the means
+    for name, i_idx, o_idx in pairs:
+        summary += [method_row(name, m, len(i_idx), s["test"][i_idx], s[name][o_idx]) for m, s in scores.items()]
     table = overview(summary, NEAR_OODS)
     cols = list(table[0])
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for row in table:
         print("| " + " | ".join(v if isinstance(v, str) else f"{v:.2f}" for v in row.values()) + " |")
+    # Each candidate against tail + Energy with the paired bootstrap of the tables (utils/bootstrap.py).
+    draws = Draws(list(scores), [p[0] for p in pairs], *auroc_draws(scores, pairs, seed=args.seed))
+    columns = draws.columns(NEAR_OODS)
+    print("\nMinus LA-OOD tail + Energy, 95% paired-bootstrap interval (1,000 draws):\n")
+    for name in list(scores)[1:]:
+        print(f"- {name}: " + "; ".join(f"{c} {draws.margin(name, 'LA-OOD tail + Energy', columns[c]).text()}"
+                                        for c in ("near", "far", "mean") if c in columns))
     saved_row = next(r for r in csv.DictReader(open(saved / OVERVIEW_CSV)) if r["method"] == "LA-OOD tail + Energy")
     gap = max(abs(float(saved_row[k]) - table[0][k]) for k in ("near", "far", "mean"))
     print(f"\nLA-OOD tail + Energy against the run's {OVERVIEW_CSV}: largest difference {gap:.4f} "
