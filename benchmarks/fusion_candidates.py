@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.bootstrap import Draws, auroc_draws
+from utils.bootstrap import bootstrap_table
 from utils.sets import NEAR_OODS
 from utils.detectors import TAIL_LEVEL
 from utils.features import load_features, load_head
@@ -80,17 +80,17 @@ def main(args):
                  calibration=load_calibration(det_dir), seed=args.seed)
     oods = names[1:]
     scores, summary = candidates(inp), []
-    pairs = [p for p in comparisons(len(sets["test"]["logits"]), {n: len(sets[n]["logits"]) for n in oods}, args.seed)
-             if p[2] is not None]   # the combined set is left out of the means
+    pairs = comparisons(len(sets["test"]["logits"]), {n: len(sets[n]["logits"]) for n in oods}, args.seed)
     for name, i_idx, o_idx in pairs:
-        summary += [method_row(name, m, len(i_idx), s["test"][i_idx], s[name][o_idx]) for m, s in scores.items()]
+        if o_idx is not None:   # the combined set is left out of the means
+            summary += [method_row(name, m, len(i_idx), s["test"][i_idx], s[name][o_idx]) for m, s in scores.items()]
     table = overview(summary, NEAR_OODS)
     cols = list(table[0])
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for row in table:
         print("| " + " | ".join(v if isinstance(v, str) else f"{v:.2f}" for v in row.values()) + " |")
     # Each candidate against tail + Energy with the paired bootstrap of the tables (utils/bootstrap.py).
-    draws = Draws(list(scores), [p[0] for p in pairs], *auroc_draws(scores, pairs, seed=args.seed))
+    draws = bootstrap_table(scores, pairs, seed=args.seed)
     columns = draws.columns(NEAR_OODS)
     print("\nMinus LA-OOD tail + Energy, 95% paired-bootstrap interval (1,000 draws):\n")
     for name in list(scores)[1:]:

@@ -82,6 +82,16 @@ def auroc_draws(scores: Dict[str, Dict[str, np.ndarray]], comparisons: Sequence[
     return point, draws
 
 
+def bootstrap_table(scores: Dict[str, Dict[str, np.ndarray]],
+                    pairs: Sequence[Tuple[str, np.ndarray, Optional[np.ndarray]]], resamples: int = RESAMPLES,
+                    seed: int = 0, progress: Optional[Callable] = None) -> "Draws":
+    """:class:`Draws` of a table: :func:`auroc_draws` on every OOD set's comparison of ``pairs`` (as
+    :func:`utils.tables.comparisons` gives them; ``combined``, whose OOD rows are None, is left out)."""
+    sets = [p for p in pairs if p[2] is not None]
+    point, draws = auroc_draws(scores, sets, resamples, seed, progress)
+    return Draws(list(scores), [p[0] for p in sets], point, draws)
+
+
 def interval(values: np.ndarray, level: float = LEVEL) -> Tuple[float, float]:
     """The percentile interval of bootstrap ``values`` at ``level`` percent."""
     tail = (100 - level) / 2

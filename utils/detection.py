@@ -19,7 +19,7 @@ from tqdm import tqdm
 from models import create_model
 
 from . import plots
-from .bootstrap import RESAMPLES, Draws, auroc_draws
+from .bootstrap import RESAMPLES, Draws, bootstrap_table
 from .sets import NEAR_OODS, variant
 from .detectors import LAOOD, early_exit, exit_cost
 from .features import load_features, load_head
@@ -187,10 +187,8 @@ def _bootstrap(scores, pairs, config: DetectConfig) -> Optional[Draws]:
     """The paired bootstrap of every method's AUROC on every OOD set's comparison (``combined`` left out)."""
     if not config.resamples:
         return None
-    sets = [p for p in pairs if p[2] is not None]
-    point, draws = auroc_draws(scores, sets, config.resamples, config.seed,
-                               progress=lambda blocks: tqdm(blocks, desc="bootstrap", unit="block", leave=False))
-    return Draws(list(scores), [p[0] for p in sets], point, draws)
+    return bootstrap_table(scores, pairs, config.resamples, config.seed,
+                           progress=lambda blocks: tqdm(blocks, desc="bootstrap", unit="block", leave=False))
 
 
 def _write_margins(tmp: Path, draws: Optional[Draws], npz: str, csv_name: str, config: DetectConfig) -> str:
